@@ -1,0 +1,262 @@
+"""The poll cycle: fetch a page, transform, drop repeats, upload, then checkpoint.
+
+This is the only module that orchestrates the adapters, and it talks to them through
+the small interfaces below, so tests run it against in-memory fakes as well as the
+real clients. The order per page is what makes the promise hold:
+
+1. fetch one page of the current window (memory stays one page, whatever the backlog);
+2. transform it, and drop events the cursor's ledger says were already sent;
+3. upload; rows the service refuses go to the dead-letter store, never nowhere;
+4. only then save the cursor, conditional on the ETag read at the start.
+
+A crash anywhere before step 4 re-reads the same page next run: at worst that page
+is sent twice, with the same EventId_s. A crash after step 4 loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared.catalog import EventCatalog
+from shared.checkpoint_store import (
+    MAX_LEDGER_ENTRIES,
+    CheckpointConflict,
+    CheckpointStore,
+    CheckpointUnavailable,
+    CursorKey,
+)
+from shared.cursor import Cursor
+from shared.dead_letter import DeadLetterStore, DeadLetterUnavailable, RefusedRow
+from shared.ingestion_sink import SinkUnavailable
+from shared.pulumi_source import AuditPage, ContinuationTokenRejected, SourceError
+from shared.transform import InvalidEvent, content_digest, event_timestamp, to_row, truncate_visibly
+
+log = logging.getLogger("shared.pipeline")
+
+# Events need a moment to become visible in the API; the live window ends this far back.
+SETTLE_DELAY_SECONDS = 60
+LIVE_MAX_WINDOW_SECONDS = 3600
+BACKFILL_MAX_WINDOW_SECONDS = 86400
+
+
+class AuditSource(Protocol):
+    def fetch_page(self, org: str, start: int, end: int, continuation_token: str | None) -> AuditPage: ...
+
+
+class RowSink(Protocol):
+    def send(self, rows: Sequence[dict[str, Any]]) -> list[RefusedRow]: ...
+
+
+@dataclass
+class CollectionReport:
+    """What one run did for one collection; `status` is ok, stopped (time budget) or failed."""
+
+    org: str
+    fetched: int = 0
+    sent: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    outside_window: int = 0
+    truncated_rows: int = 0
+    pages: int = 0
+    lag_seconds: int | None = None
+    status: str = "ok"
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    def summary(self) -> str:
+        line = (
+            f"org={self.org} status={self.status} fetched={self.fetched} sent={self.sent} "
+            f"duplicates_skipped={self.duplicates} dead_lettered={self.dead_lettered} "
+            f"lag_seconds={'unknown' if self.lag_seconds is None else self.lag_seconds}"
+        )
+        return f"{line} error={self.error}" if self.error else line
+
+
+@dataclass(frozen=True)
+class Collection:
+    """One cursor to advance: an org's live feed, or a backfill range."""
+
+    org: str
+    key: CursorKey
+    first_watermark: int
+    end_limit: Callable[[int], int]  # now -> the latest window end allowed
+    max_window_seconds: int
+
+
+@dataclass
+class Collector:
+    source: AuditSource
+    sink: RowSink
+    checkpoints: CheckpointStore
+    dead_letters: DeadLetterStore
+    catalog: EventCatalog
+    overlap_seconds: int
+    wall_clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    progress: list[Callable[[Cursor], None]] = field(default_factory=list)
+
+    def collect(self, collection: Collection, deadline: float | None = None) -> CollectionReport:
+        """Advance one cursor until it is caught up, the deadline passes, or something fails."""
+        report = CollectionReport(org=collection.org)
+        cursor: Cursor | None = None
+        try:
+            cursor, etag = self.checkpoints.load(collection.key)
+            if cursor is None:
+                cursor = Cursor.starting_at(collection.first_watermark)
+            self._advance(collection, cursor, etag, report, deadline)
+        except (
+            SourceError,
+            SinkUnavailable,
+            CheckpointConflict,
+            CheckpointUnavailable,
+            DeadLetterUnavailable,
+        ) as error:
+            report.status = "failed"
+            report.error = str(error)
+        if cursor is not None:
+            report.lag_seconds = cursor.lag_seconds(int(self.wall_clock()))
+        return report
+
+    def _advance(
+        self, collection: Collection, cursor: Cursor, etag: str | None, report: CollectionReport, deadline: float | None
+    ) -> None:
+        tokens_this_window: set[str] = set()
+        token_restarted = False
+        while True:
+            if deadline is not None and self.monotonic() >= deadline:
+                report.status = "stopped"
+                return
+            end_limit = collection.end_limit(int(self.wall_clock()))
+            if cursor.window is None:
+                if not cursor.open_window(end_limit, self.overlap_seconds, collection.max_window_seconds):
+                    return
+                tokens_this_window.clear()
+                token_restarted = False
+            window = cursor.window
+            try:
+                page = self.source.fetch_page(collection.org, window.start, window.end, cursor.continuation_token)
+            except ContinuationTokenRejected:
+                if token_restarted:
+                    raise
+                token_restarted = True
+                cursor.restart_window()
+                tokens_this_window.clear()
+                continue
+            if page.next_token and (
+                page.next_token == cursor.continuation_token or page.next_token in tokens_this_window
+            ):
+                raise SourceError(
+                    f"Pulumi API paging loops for org {collection.org!r}: a continuation token came back twice"
+                )
+            if page.next_token:
+                tokens_this_window.add(page.next_token)
+            report.pages += 1
+            report.fetched += len(page.events)
+
+            rows, invalid = self._rows_of_page(collection.org, cursor, page, report)
+            refused_by_service = self.sink.send(rows) if rows else []
+            refused = invalid + refused_by_service
+            if refused:
+                self.dead_letters.put(collection.org, refused)
+                for item in refused:
+                    log.error("org=%s dead-lettered row %s: %s", collection.org, item.row.get("EventId_s"), item.reason)
+            report.sent += len(rows) - len(refused_by_service)
+            report.dead_lettered += len(refused)
+
+            cursor.finish_page(page.next_token, self.overlap_seconds)
+            dropped = cursor.trim_ledger(MAX_LEDGER_ENTRIES, self.overlap_seconds)
+            if dropped:
+                log.warning("org=%s dedup ledger full: forgot %d old entries", collection.org, dropped)
+            etag = self.checkpoints.save(collection.key, cursor, etag)
+            for callback in self.progress:
+                callback(cursor)
+
+    def _rows_of_page(
+        self, org: str, cursor: Cursor, page: AuditPage, report: CollectionReport
+    ) -> tuple[list[dict[str, Any]], list[RefusedRow]]:
+        window = cursor.window
+        rows: list[dict[str, Any]] = []
+        invalid: list[RefusedRow] = []
+        for event in page.events:
+            try:
+                if not isinstance(event, dict):
+                    raise InvalidEvent(f"audit event is a {type(event).__name__}, not a JSON object")
+                timestamp = event_timestamp(event)
+                if not window.contains(timestamp):
+                    report.outside_window += 1
+                    continue
+                digest = content_digest(org, event)
+                occurrence = cursor.admit(digest, timestamp)
+                if occurrence is None:
+                    report.duplicates += 1
+                    continue
+                transformed = to_row(org, event, occurrence, self.catalog)
+            except InvalidEvent as error:
+                invalid.append(RefusedRow(invalid_event_row(org, event), f"invalid event: {error}"))
+                continue
+            if transformed.truncated_columns:
+                report.truncated_rows += 1
+                log.warning(
+                    "org=%s event %s: truncated %s to 64 KB",
+                    org,
+                    transformed.row["EventId_s"],
+                    ", ".join(transformed.truncated_columns),
+                )
+            rows.append(transformed.row)
+        return rows, invalid
+
+
+INVALID_EVENT_PREFIX = "invalid-"
+
+
+def invalid_event_row(org: str, event: Any) -> dict[str, Any]:
+    """What we keep of an event that cannot become a row: its org and its raw JSON."""
+    raw = json.dumps(event, sort_keys=True, ensure_ascii=False, default=str)
+    return {
+        "OrgName_s": org,
+        "EventId_s": INVALID_EVENT_PREFIX + content_digest(org, event).hex()[:32],
+        "RawEvent_s": truncate_visibly(raw),
+    }
+
+
+def live_collection(org: str, now: int, initial_lookback_seconds: int) -> Collection:
+    return Collection(
+        org=org,
+        key=CursorKey.live(org),
+        first_watermark=now - initial_lookback_seconds,
+        end_limit=lambda current: current - SETTLE_DELAY_SECONDS,
+        max_window_seconds=LIVE_MAX_WINDOW_SECONDS,
+    )
+
+
+def backfill_collection(org: str, since: int, until: int) -> Collection:
+    return Collection(
+        org=org,
+        key=CursorKey.backfill(org, since, until),
+        first_watermark=since,
+        end_limit=lambda current: min(until, current - SETTLE_DELAY_SECONDS),
+        max_window_seconds=BACKFILL_MAX_WINDOW_SECONDS,
+    )
+
+
+def run_cycle(
+    collector: Collector, orgs: Sequence[str], initial_lookback_seconds: int, budget_seconds: float
+) -> list[CollectionReport]:
+    """One poll of every org, exactly what the timer runs. One failing org doesn't stop the others."""
+    deadline = collector.monotonic() + budget_seconds
+    now = int(collector.wall_clock())
+    reports = []
+    for org in orgs:
+        report = collector.collect(live_collection(org, now, initial_lookback_seconds), deadline)
+        (log.error if report.failed else log.info)("%s", report.summary())
+        reports.append(report)
+    return reports

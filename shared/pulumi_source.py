@@ -1,0 +1,171 @@
+"""The Pulumi Cloud audit log API, one page at a time.
+
+HTTP retries (429 and 5xx honouring Retry-After, connection resets, read timeouts)
+are urllib3's `Retry`, with Retry-After capped so a hostile header cannot stall a
+run. Errors name the org and the status, never the token.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from shared import __version__
+from shared.settings import Secret, org_name_problem
+
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+MAX_RETRY_AFTER_SECONDS = 60
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 60
+
+
+class SourceError(RuntimeError):
+    """The audit API could not give us a page; the message names the org and why."""
+
+
+class ContinuationTokenRejected(SourceError):
+    """The API refused a saved continuation token; the window is read again from its start."""
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    events: list[Any]
+    next_token: str | None
+
+
+class _BoundedRetry(Retry):
+    """urllib3's Retry with the server's Retry-After capped."""
+
+    def get_retry_after(self, response):
+        retry_after = super().get_retry_after(response)
+        return None if retry_after is None else min(retry_after, MAX_RETRY_AFTER_SECONDS)
+
+
+def default_retry() -> Retry:
+    return _BoundedRetry(
+        total=6,
+        connect=3,
+        read=3,
+        status=5,
+        backoff_factor=0.5,
+        backoff_max=30,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"GET"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+
+
+class PulumiAuditSource:
+    def __init__(
+        self,
+        api_url: str,
+        token: Secret,
+        *,
+        retry: Retry | None = None,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ):
+        self._api_url = api_url.rstrip("/")
+        self._timeout = timeout
+        self._max_response_bytes = max_response_bytes
+        self._session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retry or default_retry())
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers.update(
+            {
+                "Authorization": f"token {token.reveal()}",
+                "Accept": "application/vnd.pulumi+8",
+                "User-Agent": f"pulumi-sentinel-connector/{__version__}",
+            }
+        )
+
+    def __repr__(self) -> str:
+        return f"PulumiAuditSource({self._api_url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def fetch_page(self, org: str, start: int, end: int, continuation_token: str | None) -> AuditPage:
+        """One page of the org's events with start <= timestamp <= end."""
+        problem = org_name_problem(org)
+        if problem:
+            raise SourceError(problem)
+        url = f"{self._api_url}/api/orgs/{quote(org, safe='')}/auditlogs/v2"
+        params: dict[str, Any] = {"startTime": start, "endTime": end}
+        if continuation_token:
+            params["continuationToken"] = continuation_token
+        try:
+            with self._session.get(url, params=params, timeout=self._timeout, stream=True) as response:
+                body = self._read_body(org, response)
+                status = response.status_code
+                content_type = response.headers.get("Content-Type", "")
+        except requests.RequestException as error:
+            raise SourceError(f"Pulumi API unreachable for org {org!r}: {type(error).__name__}") from None
+        if status != 200:
+            raise self._status_error(org, status, body, continuation_token)
+        return _parse_page(org, body, content_type)
+
+    def _read_body(self, org: str, response: requests.Response) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self._max_response_bytes:
+            raise SourceError(
+                f"Pulumi API response for org {org!r} is {declared} bytes, over the {self._max_response_bytes} byte cap"
+            )
+        chunks = []
+        received = 0
+        for chunk in response.iter_content(chunk_size=65536):
+            received += len(chunk)
+            if received > self._max_response_bytes:
+                raise SourceError(
+                    f"Pulumi API response for org {org!r} exceeded the {self._max_response_bytes} byte cap; not read"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _status_error(org: str, status: int, body: bytes, continuation_token: str | None) -> SourceError:
+        if status == 401:
+            return SourceError(f"Pulumi API rejected the access token for org {org!r} (401): check PULUMI_ACCESS_TOKEN")
+        if status == 403:
+            return SourceError(
+                f"the access token may not read the audit logs of org {org!r} (403): it must belong to an org admin"
+            )
+        if status == 404:
+            return SourceError(
+                f"org {org!r} not found, or its Pulumi plan has no audit logs (404): check PULUMI_ORGS and the edition"
+            )
+        if status == 400 and continuation_token:
+            return ContinuationTokenRejected(f"Pulumi API refused the saved continuation token for org {org!r} (400)")
+        return SourceError(f"Pulumi API answered {status} for org {org!r}{_error_message(body)}")
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {str(message)[:200]}" if message else ""
+
+
+def _parse_page(org: str, body: bytes, content_type: str) -> AuditPage:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        kind = content_type.split(";")[0] or "no content type"
+        raise SourceError(
+            f"Pulumi API answered 200 for org {org!r} with a body that is not valid JSON ({kind}, {len(body)} bytes)"
+        ) from None
+    if not isinstance(document, dict) or not isinstance(document.get("auditLogEvents"), list):
+        raise SourceError(f"Pulumi API answered 200 for org {org!r} without an 'auditLogEvents' list")
+    token = document.get("continuationToken")
+    if token is not None and not isinstance(token, str):
+        raise SourceError(f"Pulumi API answered 200 for org {org!r} with a continuationToken that is not a string")
+    return AuditPage(events=document["auditLogEvents"], next_token=token or None)

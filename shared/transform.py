@@ -1,0 +1,155 @@
+"""Pure mapping of one Pulumi audit event to one `PulumiAuditLogs_CL` row.
+
+No I/O. The transform is lenient with types (a timestamp as a string or in
+milliseconds, a number where a string belongs) because losing an event is worse
+than coercing it; what it cannot place in time raises `InvalidEvent`, which the
+pipeline dead-letters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.catalog import EventCatalog
+from shared.schema import COLUMN_NAMES, MAX_FIELD_BYTES
+
+# Unix seconds above this are taken to be milliseconds (it is the year 5138 in seconds).
+_MILLISECONDS_THRESHOLD = 100_000_000_000
+_EARLIEST = 946_684_800  # 2000-01-01: anything before is not a Pulumi event time
+_LATEST = 4_102_444_800  # 2100-01-01
+
+_STRING_FIELDS = {
+    "SourceIP_s": "sourceIP",
+    "Description_s": "description",
+    "TokenID_s": "tokenID",
+    "TokenName_s": "tokenName",
+    "ActorName_s": "actorName",
+    "ActorUrn_s": "actorUrn",
+}
+_USER_FIELDS = {"UserName_s": "name", "UserLogin_s": "githubLogin", "UserAvatarUrl_s": "avatarUrl"}
+_BOOLEAN_FIELDS = {
+    "RequireOrgAdmin_b": "reqOrgAdmin",
+    "RequireStackAdmin_b": "reqStackAdmin",
+    "AuthFailure_b": "authFailure",
+}
+
+
+class InvalidEvent(ValueError):
+    """The event cannot become a row; the message names the field and the problem."""
+
+
+@dataclass(frozen=True)
+class TransformedEvent:
+    row: dict[str, Any]
+    truncated_columns: tuple[str, ...]
+
+
+def content_digest(org: str, event: Mapping[str, Any]) -> bytes:
+    """A digest of everything the API told us about the event, for identity and dedup."""
+    canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(f"{org}\n{canonical}".encode()).digest()
+
+
+def event_id(digest: bytes, occurrence: int) -> str:
+    """Deterministic id of the `occurrence`-th (1-based) event with this content.
+
+    The API has no event id. Two events that differ in any field differ in digest;
+    two identical events in the same second differ in occurrence.
+    """
+    return hashlib.sha256(digest + occurrence.to_bytes(4, "big")).hexdigest()[:32]
+
+
+def event_timestamp(event: Mapping[str, Any]) -> int:
+    """Unix seconds of the event, accepting an int, a numeric string or milliseconds."""
+    value = event.get("timestamp")
+    if isinstance(value, bool) or value is None:
+        raise InvalidEvent(f"event field 'timestamp' is missing or not a number: {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise InvalidEvent(f"event field 'timestamp' is not a number: {value[:40]!r}") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidEvent(f"event field 'timestamp' is not a number: {value!r}")
+    seconds = int(value)
+    if seconds > _MILLISECONDS_THRESHOLD:
+        seconds //= 1000
+    if not _EARLIEST <= seconds <= _LATEST:
+        raise InvalidEvent(f"event field 'timestamp' is not a plausible Unix time: {value!r}")
+    return seconds
+
+
+def iso_utc(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_row(org: str, event: Mapping[str, Any], occurrence: int, catalog: EventCatalog) -> TransformedEvent:
+    """The table row for an event; `occurrence` numbers identical events (1-based)."""
+    if not isinstance(event, Mapping):
+        raise InvalidEvent(f"audit event is a {type(event).__name__}, not a JSON object")
+    seconds = event_timestamp(event)
+    event_name = _text(event.get("event"))
+    if not event_name:
+        raise InvalidEvent("event field 'event' is missing or empty")
+    event_type = catalog.normalize(event_name)
+    user = event.get("user")
+    if not isinstance(user, Mapping):
+        user = {"name": user} if user not in (None, "") else {}
+    time_text = iso_utc(seconds)
+
+    row: dict[str, Any] = {
+        "TimeGenerated": time_text,
+        "Timestamp_d": seconds,
+        "Event_s": event_type,
+        "OrgName_s": org,
+        "EventId_s": event_id(content_digest(org, event), occurrence),
+        "Product_s": catalog.product(event_type),
+        "Category_s": catalog.category(event_type),
+        "EventTime_t": time_text,
+        "RawEvent_s": json.dumps(event, sort_keys=True, ensure_ascii=False, default=str),
+    }
+    row.update({column: _text(event.get(field)) for column, field in _STRING_FIELDS.items()})
+    row.update({column: _text(user.get(field)) for column, field in _USER_FIELDS.items()})
+    row.update({column: _flag(event.get(field)) for column, field in _BOOLEAN_FIELDS.items()})
+
+    truncated = []
+    for column, value in row.items():
+        if isinstance(value, str):
+            clean = value.encode("utf-8", "replace").decode("utf-8")
+            cut = truncate_visibly(clean)
+            if cut != clean:
+                truncated.append(column)
+            row[column] = cut
+    return TransformedEvent(row={name: row[name] for name in COLUMN_NAMES}, truncated_columns=tuple(truncated))
+
+
+def truncate_visibly(text: str, limit: int = MAX_FIELD_BYTES) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, ending with a marker that says so."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    marker = f"...[truncated by connector: {len(encoded)} bytes, limit {limit}]"
+    keep = encoded[: limit - len(marker.encode("utf-8"))].decode("utf-8", "ignore")
+    return keep + marker
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return str(value)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value) if isinstance(value, (bool, int, float)) else False

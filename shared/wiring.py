@@ -1,0 +1,113 @@
+"""Composition root: settings in, a ready `Collector` out.
+
+The timer function and the CLI both come through here, so they run exactly the
+same code with exactly the same adapters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from urllib.parse import urlsplit
+
+from azure.core.credentials import TokenCredential
+from azure.data.tables import TableClient
+from azure.identity import DefaultAzureCredential
+from azure.monitor.ingestion import LogsIngestionClient
+
+from shared.catalog import default_catalog
+from shared.checkpoint_store import TableCheckpointStore
+from shared.dead_letter import TableDeadLetterStore
+from shared.ingestion_sink import LogsIngestionSink, default_retry_policy
+from shared.pipeline import CollectionReport, Collector, run_cycle
+from shared.pulumi_source import PulumiAuditSource
+from shared.settings import Settings, SinkSettings, StoreSettings, load_settings
+
+INGESTION_CONNECT_TIMEOUT_SECONDS = 10
+INGESTION_READ_TIMEOUT_SECONDS = 30
+
+
+class CycleFailed(RuntimeError):
+    """At least one org failed this run; the message lists them."""
+
+
+def azure_credential(settings: Settings) -> TokenCredential:
+    """Managed identity (user-assigned when MANAGED_IDENTITY_CLIENT_ID is set), or the
+    app registration of AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET, or a
+    developer's Azure CLI login: DefaultAzureCredential tries them in that order."""
+    if settings.managed_identity_client_id:
+        return DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
+    return DefaultAzureCredential()
+
+
+def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsIngestionSink:
+    client = LogsIngestionClient(
+        endpoint=sink.logs_ingestion_endpoint,
+        credential=credential,
+        retry_policy=default_retry_policy(),
+        connection_timeout=INGESTION_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=INGESTION_READ_TIMEOUT_SECONDS,
+    )
+    return LogsIngestionSink(
+        client,
+        sink.dcr_immutable_id,
+        sink.dcr_stream_name,
+        enforce_https=urlsplit(sink.logs_ingestion_endpoint).scheme == "https",
+    )
+
+
+def table_client(store: StoreSettings, table_name: str, credential: TokenCredential) -> TableClient:
+    if store.checkpoint_connection_string is not None:
+        return TableClient.from_connection_string(store.checkpoint_connection_string.reveal(), table_name=table_name)
+    return TableClient(endpoint=store.checkpoint_table_endpoint, table_name=table_name, credential=credential)
+
+
+def collector_from_settings(settings: Settings, credential: TokenCredential | None = None) -> Collector:
+    credential = credential or azure_credential(settings)
+    source = settings.source
+    return Collector(
+        source=PulumiAuditSource(source.pulumi_api_url, source.pulumi_token),
+        sink=ingestion_sink(settings.sink, credential),
+        checkpoints=TableCheckpointStore(
+            table_client(settings.store, settings.store.checkpoint_table_name, credential)
+        ),
+        dead_letters=TableDeadLetterStore(
+            table_client(settings.store, settings.store.dead_letter_table_name, credential)
+        ),
+        catalog=default_catalog(),
+        overlap_seconds=int(source.late_event_overlap.total_seconds()),
+    )
+
+
+@dataclass(frozen=True)
+class Connector:
+    settings: Settings
+    collector: Collector
+
+    def run_once(self) -> list[CollectionReport]:
+        source = self.settings.source
+        return run_cycle(
+            self.collector,
+            source.orgs,
+            int(source.initial_lookback.total_seconds()),
+            source.run_time_budget.total_seconds(),
+        )
+
+
+def connector_from_environment(environ: Mapping[str, str] | None = None) -> Connector:
+    settings = load_settings(os.environ if environ is None else environ)
+    return Connector(settings=settings, collector=collector_from_settings(settings))
+
+
+@cache
+def process_connector() -> Connector:
+    """The connector of this Functions worker process: settings are read once, clients reused."""
+    return connector_from_environment()
+
+
+def raise_if_failed(reports: list[CollectionReport]) -> None:
+    failed = [report for report in reports if report.failed]
+    if failed:
+        raise CycleFailed("; ".join(f"org {report.org!r}: {report.error}" for report in failed))
