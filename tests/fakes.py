@@ -118,4 +118,3 @@ class InMemoryDeadLetterStore:
 
 class SimulatedCrash(BaseException):
     """Stands for the process dying: not an Exception, so nothing in the pipeline catches it."""
-

@@ -62,7 +62,12 @@ def world():
 
     w = World()
     w.clock, w.source, w.sink, w.checkpoints, w.dead_letters, w.collector = (
-        clock, source, sink, checkpoints, dead_letters, collector,
+        clock,
+        source,
+        sink,
+        checkpoints,
+        dead_letters,
+        collector,
     )
     w.run = lambda orgs=("acme",), budget=480: run_cycle(collector, orgs, LOOKBACK, budget)
     return w
