@@ -1,0 +1,126 @@
+"""`python -m shared demo`: the whole data path on this machine, no Azure or Pulumi account.
+
+A simulator of the Pulumi audit API (several orgs, mixed Cloud and ESC events, paging,
+one transient 503) and a Logs Ingestion stand-in (which enforces the 1 MB limit and
+the stream schema, and answers one 429) run on 127.0.0.1. The real Pulumi client and
+the real LogsIngestionClient talk to them. Checkpoints go to Table Storage when
+CHECKPOINT_CONNECTION_STRING or CHECKPOINT_TABLE_ENDPOINT is set, else to a local file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from azure.core.credentials import AccessToken
+
+from shared.catalog import default_catalog
+from shared.checkpoint_store import FileCheckpointStore, TableCheckpointStore
+from shared.dead_letter import FileDeadLetterStore, TableDeadLetterStore
+from shared.pipeline import Collector, run_cycle
+from shared.pulumi_source import PulumiAuditSource
+from shared.settings import load_settings
+from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
+from shared.wiring import azure_credential, ingestion_sink, table_client
+
+DEMO_ORGS = ("acme", "acme-labs", "globex")
+DEMO_TOKEN = "pul-demo-token"
+DEMO_DCR = "dcr-" + "de70" * 8
+EVENTS_PER_ORG = 300
+LOOKBACK_SECONDS = 86400
+
+
+class _DemoCredential:
+    """Stands in for the managed identity: the ingestion stand-in accepts any bearer token."""
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        return AccessToken("demo-bearer-token", int(time.time()) + 3600)
+
+
+def run_demo(state_dir: str) -> int:
+    now = int(time.time())
+    with (
+        PulumiAuditApiStandIn(DEMO_TOKEN, page_size=50, seed=1) as pulumi_api,
+        LogsIngestionStandIn(DEMO_DCR, "Custom-PulumiAuditLogs") as ingestion,
+    ):
+        backlog = {
+            org: simulate_events(org, now - LOOKBACK_SECONDS + 60, now - 120, EVENTS_PER_ORG, seed=index)
+            for index, org in enumerate(DEMO_ORGS)
+        }
+        for org, events in backlog.items():
+            pulumi_api.add_events(org, events)
+        pulumi_api.faults.add(Fault.respond(503, times=1))
+        ingestion.faults.add(Fault.respond(429, headers={"Retry-After": "1"}, times=1))
+
+        environ = {
+            **os.environ,
+            "PULUMI_ORGS": ",".join(DEMO_ORGS),
+            "PULUMI_ACCESS_TOKEN": DEMO_TOKEN,
+            "PULUMI_API_URL": pulumi_api.url,
+            "LOGS_INGESTION_ENDPOINT": ingestion.url,
+            "DCR_IMMUTABLE_ID": DEMO_DCR,
+            "DCR_STREAM_NAME": "Custom-PulumiAuditLogs",
+            "INITIAL_LOOKBACK": "1d",
+        }
+        settings = load_settings(environ, parts=frozenset({"source", "sink"}))
+        collector = Collector(
+            source=PulumiAuditSource(settings.source.pulumi_api_url, settings.source.pulumi_token),
+            sink=ingestion_sink(settings.sink, _DemoCredential()),
+            catalog=default_catalog(),
+            overlap_seconds=int(settings.source.late_event_overlap.total_seconds()),
+            **_stores(environ, Path(state_dir)),
+        )
+
+        print("Pulumi audit logs -> Sentinel, on local stand-ins (nothing leaves this machine)")
+        print(f"simulated Pulumi API at {pulumi_api.url}, Logs Ingestion stand-in at {ingestion.url}\n")
+        print(f"run 1: the last day, {EVENTS_PER_ORG} events per org")
+        first = run_cycle(collector, DEMO_ORGS, LOOKBACK_SECONDS, budget_seconds=300)
+        for report in first:
+            print("  " + report.summary())
+
+        late = {
+            org: simulate_events(org, now - 300, now - 120, 10, seed=100 + index) for index, org in enumerate(DEMO_ORGS)
+        }
+        for org, events in late.items():
+            pulumi_api.add_events(org, events)
+        print("\nrun 2, one timer tick later: 10 events per org appeared late, inside the window run 1 read")
+        next_tick = replace(collector, wall_clock=lambda: time.time() + 60)
+        second = run_cycle(next_tick, DEMO_ORGS, LOOKBACK_SECONDS, budget_seconds=300)
+        for report in second:
+            print("  " + report.summary())
+
+        rows = ingestion.rows
+        expected = sum(len(events) for events in backlog.values()) + sum(len(events) for events in late.values())
+        ids = Counter(row["EventId_s"] for row in rows)
+        products = Counter(row["Product_s"] for row in rows)
+        print(f"\nLogs Ingestion stand-in accepted {len(rows)} rows ({products['esc']} ESC, {products['cloud']} Cloud)")
+        print(f"every event forwarded exactly once: {len(rows) == expected and len(ids) == expected}")
+        print("\nthree of the rows:")
+        for row in rows[:3]:
+            shown = {**row, "RawEvent_s": row["RawEvent_s"][:60] + "..."}
+            print("  " + json.dumps(shown, ensure_ascii=False))
+        failed = [report for report in first + second if report.failed]
+        return 0 if not failed and len(rows) == expected and len(ids) == expected else 1
+
+
+def _stores(environ: dict[str, str], state_dir: Path) -> dict:
+    """Table Storage when configured, else local files that this demo starts afresh."""
+    if environ.get("CHECKPOINT_CONNECTION_STRING") or environ.get("CHECKPOINT_TABLE_ENDPOINT"):
+        settings = load_settings(environ, parts=frozenset({"store"}))
+        store = settings.store
+        credential = None if store.checkpoint_connection_string else azure_credential(settings)
+        print(f"checkpoints: Table Storage table {store.checkpoint_table_name}")
+        return {
+            "checkpoints": TableCheckpointStore(table_client(store, store.checkpoint_table_name, credential)),
+            "dead_letters": TableDeadLetterStore(table_client(store, store.dead_letter_table_name, credential)),
+        }
+    checkpoint_file = state_dir / "demo-checkpoints.json"
+    dead_letter_file = state_dir / "demo-dead-letters.json"
+    for path in (checkpoint_file, dead_letter_file):
+        path.unlink(missing_ok=True)
+    print(f"checkpoints: local file {checkpoint_file} (set CHECKPOINT_CONNECTION_STRING to use Table Storage)")
+    return {"checkpoints": FileCheckpointStore(checkpoint_file), "dead_letters": FileDeadLetterStore(dead_letter_file)}

@@ -1,0 +1,214 @@
+"""A local stand-in for Pulumi Cloud's audit log API (`GET /api/orgs/{org}/auditlogs/v2`).
+
+It behaves the way a careful client has to assume the real service may behave:
+
+* `Authorization: token <token>` is required (401 otherwise); an unknown org is a 404.
+* `startTime` and `endTime` are both inclusive bounds on the event's `timestamp`.
+* Events come back in a deterministic but shuffled order: no ordering is promised.
+* Pages hold `page_size` events. While more remain the page carries an opaque
+  `continuationToken`; the last page has none. A token this server did not issue for the
+  same org and query is a 400.
+* A pagination sees the org's events as they were when its first page was served. Events
+  added later (late arrivals, via `add_events`) show up in the next query, never halfway
+  through a running pagination.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import ssl
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import unquote
+
+from shared.standins.server import LOOPBACK, Fault, RecordedRequest, Response, StandInServer, json_response
+
+API_PATH = re.compile(r"^/api/orgs/(?P<org>[^/]+)/auditlogs/v2/?$")
+UNAUTHORIZED_MESSAGE = "Unauthorized: No credentials provided or are invalid."
+INVALID_QUERY_MESSAGE = "invalid query params"
+_ORDER_CACHE_SIZE = 32
+
+
+class PulumiAuditApiStandIn(StandInServer):
+    """Serves audit events registered with `add_events`. See the module docstring.
+
+    `seed` fixes the shuffled order. `pulumi_api.faults.add(Fault.empty_page_with_token())`
+    and `Fault.repeated_token()` are understood here besides the generic faults.
+    """
+
+    def __init__(
+        self,
+        expected_token: str,
+        *,
+        page_size: int = 100,
+        seed: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        host: str = LOOPBACK,
+        port: int = 0,
+    ):
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self.expected_token = expected_token
+        self.page_size = page_size
+        self.seed = seed
+        self._events: dict[str, list[dict[str, Any]]] = {}
+        self._events_lock = threading.Lock()
+        self._order_cache: dict[tuple, list[dict[str, Any]]] = {}
+        self._token_key = os.urandom(16)
+        super().__init__(ssl_context=ssl_context, host=host, port=port)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def add_org(self, org: str) -> None:
+        with self._events_lock:
+            self._events.setdefault(org, [])
+
+    def add_events(self, org: str, events: Iterable[Mapping[str, Any]]) -> int:
+        """Register `org` (if new) and append copies of `events`. Returns how many were added.
+        Safe to call while clients are polling."""
+        copies = [copy.deepcopy(dict(event)) for event in events]
+        for event in copies:
+            if not isinstance(event.get("timestamp"), int) or isinstance(event.get("timestamp"), bool):
+                raise ValueError(f"event has no integer 'timestamp': {event!r:.200}")
+        with self._events_lock:
+            self._events.setdefault(org, []).extend(copies)
+        return len(copies)
+
+    def events(self, org: str) -> list[dict[str, Any]]:
+        """Copies of every event stored for `org`, in the order they were added."""
+        with self._events_lock:
+            return copy.deepcopy(self._events.get(org, []))
+
+    @property
+    def orgs(self) -> list[str]:
+        with self._events_lock:
+            return sorted(self._events)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def handle(self, request: RecordedRequest, body: bytes, fault: Fault | None) -> Response:
+        response = self._handle(request, fault)
+        response.headers.setdefault("X-Pulumi-Request-ID", f"standin-{request.number:08d}")
+        return response
+
+    def _handle(self, request: RecordedRequest, fault: Fault | None) -> Response:
+        match = API_PATH.match(request.path)
+        if match is None:
+            return self.error_response(404, "Not Found")
+        if request.method != "GET":
+            return self.error_response(405, "Method Not Allowed")
+        if request.headers.get("Authorization") != f"token {self.expected_token}":
+            return self.error_response(401, UNAUTHORIZED_MESSAGE)
+
+        org = unquote(match["org"])
+        with self._events_lock:
+            stored = self._events.get(org)
+            total_stored = len(stored) if stored is not None else 0
+        if stored is None:
+            return self.error_response(404, f"Organization '{org}' not found")
+
+        query = request.query
+        try:
+            start = int(query["startTime"])
+            end = int(query["endTime"]) if query.get("endTime", "") != "" else None
+        except (KeyError, ValueError):
+            return self.error_response(400, INVALID_QUERY_MESSAGE)
+        if end is not None and end < start:
+            return self.error_response(400, INVALID_QUERY_MESSAGE)
+        filters = (query.get("eventFilter", ""), query.get("userFilter", ""))
+        fingerprint = f"{org}\n{start}\n{end}\n{filters[0]}\n{filters[1]}"
+
+        token = query.get("continuationToken")
+        if token:
+            position = self._read_token(token, fingerprint)
+            if position is None or position[1] > total_stored:
+                return self.error_response(400, "invalid continuation token")
+            offset, snapshot = position
+        else:
+            offset, snapshot = 0, total_stored
+
+        ordered = self._ordered(org, start, end, filters, snapshot)
+        page = ordered[offset : offset + self.page_size]
+        next_offset = offset + len(page)
+        next_token: str | None
+        if fault is not None and fault.kind == "empty_page_with_token":
+            page, next_token = [], self._make_token(offset, snapshot, fingerprint)
+        elif fault is not None and fault.kind == "repeated_token":
+            next_token = token or self._make_token(0, snapshot, fingerprint)
+        elif next_offset < len(ordered):
+            next_token = self._make_token(next_offset, snapshot, fingerprint)
+        else:
+            next_token = None
+
+        payload: dict[str, Any] = {"auditLogEvents": page}
+        if next_token is not None:
+            payload["continuationToken"] = next_token
+        return json_response(200, payload)
+
+    def error_response(self, status: int, message: str | None = None) -> Response:
+        response = super().error_response(status, message)
+        response.content_type = "application/json"
+        return response
+
+    # -- paging -------------------------------------------------------------------------------
+
+    def _ordered(
+        self, org: str, start: int, end: int | None, filters: tuple[str, str], snapshot: int
+    ) -> list[dict[str, Any]]:
+        key = (org, start, end, filters, snapshot)
+        with self._events_lock:
+            cached = self._order_cache.get(key)
+            if cached is not None:
+                return cached
+            candidates = [
+                event
+                for event in self._events.get(org, [])[:snapshot]
+                if start <= event["timestamp"] and (end is None or event["timestamp"] <= end)
+                and _passes_filters(event, filters)
+            ]
+            random.Random(f"{self.seed}\n{org}\n{start}\n{end}\n{snapshot}").shuffle(candidates)
+            if len(self._order_cache) >= _ORDER_CACHE_SIZE:
+                self._order_cache.pop(next(iter(self._order_cache)))
+            self._order_cache[key] = candidates
+            return candidates
+
+    def _signature(self, offset: int, snapshot: int, fingerprint: str) -> str:
+        message = f"{offset}\n{snapshot}\n{fingerprint}".encode()
+        return hmac.new(self._token_key, message, hashlib.sha256).hexdigest()[:24]
+
+    def _make_token(self, offset: int, snapshot: int, fingerprint: str) -> str:
+        data = {"offset": offset, "snapshot": snapshot, "sig": self._signature(offset, snapshot, fingerprint)}
+        return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
+
+    def _read_token(self, token: str, fingerprint: str) -> tuple[int, int] | None:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            data = json.loads(raw)
+            offset, snapshot, signature = int(data["offset"]), int(data["snapshot"]), str(data["sig"])
+        except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+            return None
+        if offset < 0 or snapshot < 0:
+            return None
+        if not hmac.compare_digest(signature, self._signature(offset, snapshot, fingerprint)):
+            return None
+        return offset, snapshot
+
+
+def _passes_filters(event: Mapping[str, Any], filters: tuple[str, str]) -> bool:
+    event_filter, user_filter = filters
+    if event_filter and event.get("event") != event_filter:
+        return False
+    if user_filter:
+        user = event.get("user") or {}
+        if user_filter not in (user.get("githubLogin"), user.get("name")):
+            return False
+    return True

@@ -1,0 +1,249 @@
+"""Fixtures shared by the whole suite: a test CA, the local stand-ins and Azurite."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trustme
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shared.schema import DEFAULT_STREAM_NAME  # noqa: E402
+from shared.standins import (  # noqa: E402
+    LogsIngestionStandIn,
+    ManagedIdentityEndpointStandIn,
+    PulumiAuditApiStandIn,
+)
+
+# `no_real_sleep` replaces time.sleep for every test; fixtures that must really wait use this.
+_real_sleep = time.sleep
+
+AZURITE_DIR = ROOT / "tools" / "azurite"
+AZURITE_TABLE_SCRIPT = AZURITE_DIR / "node_modules" / "azurite" / "dist" / "src" / "table" / "main.js"
+AZURITE_ACCOUNT = "devstoreaccount1"
+# The well-known, public development key of Azurite's default account (not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_START_TIMEOUT = 30.0
+
+PULUMI_TEST_TOKEN = "pul-test-token"
+CREDENTIAL_ENV_VARS = (
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_USERNAME",
+    "AZURE_PASSWORD",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_TOKEN_CREDENTIALS",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+)
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TlsTestCA:
+    ca: trustme.CA
+    ca_path: str
+    _leaf: trustme.LeafCert
+
+    def server_context(self) -> ssl.SSLContext:
+        """A fresh server-side context presenting a cert for 127.0.0.1 and localhost."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._leaf.configure_cert(context)
+        return context
+
+
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> TlsTestCA:
+    ca = trustme.CA()
+    path = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return TlsTestCA(ca, str(path), ca.issue_cert("127.0.0.1", "localhost"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trust_test_ca_and_bypass_proxies(tls_ca: TlsTestCA):
+    # The machine pre-sets REQUESTS_CA_BUNDLE to the system bundle: overwrite it, don't add to it.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REQUESTS_CA_BUNDLE", tls_ca.ca_path)
+        patch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        patch.setenv("no_proxy", "127.0.0.1,localhost")
+        yield
+
+
+# -- time ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """time.sleep records the requested durations instead of sleeping."""
+    requested: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        requested.append(seconds)
+
+    monkeypatch.setattr(time, "sleep", fake_sleep)
+    return requested
+
+
+# -- Azurite ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Azurite:
+    port: int
+    process: subprocess.Popen
+    account_name: str = AZURITE_ACCOUNT
+    account_key: str = AZURITE_KEY
+    connection_string: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.connection_string = (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account_name};AccountKey={self.account_key};"
+            f"TableEndpoint=http://127.0.0.1:{self.port}/{self.account_name};"
+        )
+
+    @property
+    def table_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.account_name}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.25):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory):
+    node = shutil.which("node")
+    if node is None or not AZURITE_TABLE_SCRIPT.is_file():
+        missing = "node is not on PATH" if node is None else f"{AZURITE_TABLE_SCRIPT} does not exist"
+        pytest.fail(f"Azurite cannot start: {missing}. Run .ci/run (it installs node tools with "
+                    f"`npm ci` in tools/azurite) and try again.", pytrace=False)
+    workdir = tmp_path_factory.mktemp("azurite")
+    with tempfile.TemporaryFile(dir=workdir) as stderr_file:
+        process, port = _start_azurite(node, workdir, stderr_file)
+        try:
+            _wait_for_azurite(process, port, stderr_file)
+            yield Azurite(port, process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _start_azurite(node: str, workdir: Path, stderr_file) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    # Start the node script itself (no npx, no shell), so the PID we terminate is the one holding the port.
+    process = subprocess.Popen(
+        [node, str(AZURITE_TABLE_SCRIPT), "--tableHost", "127.0.0.1", "--tablePort", str(port),
+         "--inMemoryPersistence", "--silent", "--disableTelemetry"],
+        cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr_file,
+    )
+    return process, port
+
+
+def _wait_for_azurite(process: subprocess.Popen, port: int, stderr_file) -> None:
+    deadline = time.monotonic() + AZURITE_START_TIMEOUT
+    while not _port_accepts(port):
+        if process.poll() is not None:
+            stderr_file.seek(0)
+            output = stderr_file.read().decode("utf-8", "replace").strip()
+            pytest.fail(f"Azurite exited with code {process.returncode} before listening on "
+                        f"127.0.0.1:{port}:\n{output or '(no stderr output)'}", pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(f"Azurite did not listen on 127.0.0.1:{port} within {AZURITE_START_TIMEOUT:.0f}s",
+                        pytrace=False)
+        _real_sleep(0.05)
+
+
+@pytest.fixture
+def table_name() -> str:
+    return "t" + uuid.uuid4().hex
+
+
+# -- stand-ins -------------------------------------------------------------------------------
+
+
+def _fail_on_standin_errors(standin) -> None:
+    # An exception inside a stand-in (or in a predicate a test gave it) is answered with a 500;
+    # make sure it does not go unnoticed.
+    if standin.errors:
+        pytest.fail(f"{standin!r} raised while handling requests: {standin.errors!r}", pytrace=False)
+
+
+@pytest.fixture
+def pulumi_api(tls_ca: TlsTestCA):
+    with PulumiAuditApiStandIn(PULUMI_TEST_TOKEN, ssl_context=tls_ca.server_context()) as api:
+        yield api
+    _fail_on_standin_errors(api)
+
+
+@pytest.fixture
+def ingestion(tls_ca: TlsTestCA):
+    dcr_id = "dcr-" + uuid.uuid4().hex
+    with LogsIngestionStandIn(dcr_id, DEFAULT_STREAM_NAME, ssl_context=tls_ca.server_context()) as standin:
+        yield standin
+    _fail_on_standin_errors(standin)
+
+
+@pytest.fixture
+def managed_identity(monkeypatch: pytest.MonkeyPatch):
+    with ManagedIdentityEndpointStandIn() as endpoint:
+        for name in CREDENTIAL_ENV_VARS:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in endpoint.env().items():
+            monkeypatch.setenv(name, value)
+        yield endpoint
+    _fail_on_standin_errors(endpoint)
+
+
+class StaticTokenCredential:
+    """A TokenCredential that always returns the same bearer token and records the scopes asked for."""
+
+    def __init__(self, token: str = "test-bearer", lifetime: int = 3600):
+        self.token = token
+        self.lifetime = lifetime
+        self.scopes: list[tuple[str, ...]] = []
+
+    def get_token(self, *scopes: str, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        self.scopes.append(scopes)
+        return AccessToken(self.token, int(time.time()) + self.lifetime)
+
+
+@pytest.fixture
+def static_token_credential() -> StaticTokenCredential:
+    return StaticTokenCredential()
+
