@@ -8,7 +8,7 @@ import logging
 
 import azure.functions as func
 
-from shared.wiring import process_connector, raise_if_failed
+from shared.wiring import run_timer_cycle
 
 app = func.FunctionApp()
 
@@ -17,4 +17,4 @@ app = func.FunctionApp()
 def poll_pulumi_audit_logs(timer: func.TimerRequest) -> None:
     if timer.past_due:
         logging.info("timer is past due; this run catches up from the checkpoint")
-    raise_if_failed(process_connector().run_once())
+    run_timer_cycle()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from azure.core.exceptions import (
@@ -28,9 +28,9 @@ from shared.dead_letter import RefusedRow
 # The service limit is 1 MB per call; stay below it with room for the SDK's framing.
 MAX_BODY_BYTES = 1_000_000
 RETRIED_METHODS = frozenset({"POST", "GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
-# A fresh role assignment can take up to 30 minutes to reach the DCR; a run waits
-# this long on 403 before it gives up until the next run.
-FORBIDDEN_WAIT_SECONDS = 120
+# A fresh role assignment can take up to 30 minutes to reach the DCR; on 403 a run
+# retries this many times this far apart (2 minutes) before it gives up until the next run.
+FORBIDDEN_RETRIES = 8
 FORBIDDEN_RETRY_SECONDS = 15
 
 
@@ -72,19 +72,11 @@ class LogsIngestionSink:
         stream_name: str,
         *,
         enforce_https: bool = True,
-        forbidden_wait_seconds: float = FORBIDDEN_WAIT_SECONDS,
-        max_body_bytes: int = MAX_BODY_BYTES,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
     ):
         self._client = client
         self._rule_id = rule_id
         self._stream_name = stream_name
         self._enforce_https = enforce_https
-        self._forbidden_wait_seconds = forbidden_wait_seconds
-        self._max_body_bytes = max_body_bytes
-        self._sleep = sleep
-        self._clock = clock
 
     def __repr__(self) -> str:
         return f"LogsIngestionSink(rule_id={self._rule_id!r}, stream={self._stream_name!r})"
@@ -95,12 +87,12 @@ class LogsIngestionSink:
         Raises SinkUnavailable when the service cannot take rows right now.
         """
         refused: list[RefusedRow] = []
-        for batch in batches(rows, self._max_body_bytes):
+        for batch in batches(rows, MAX_BODY_BYTES):
             self._send_batch(batch, refused)
         return refused
 
     def _send_batch(self, batch: list[dict[str, Any]], refused: list[RefusedRow]) -> None:
-        if len(batch) == 1 and row_size(batch[0]) + 2 > self._max_body_bytes:
+        if len(batch) == 1 and row_size(batch[0]) + 2 > MAX_BODY_BYTES:
             refused.append(RefusedRow(batch[0], f"row is {row_size(batch[0])} bytes, over the 1 MB request limit"))
             return
         try:
@@ -116,7 +108,7 @@ class LogsIngestionSink:
             self._send_batch(batch[middle:], refused)
 
     def _upload(self, batch: list[dict[str, Any]]) -> None:
-        give_up_at = self._clock() + self._forbidden_wait_seconds
+        forbidden = 0
         while True:
             try:
                 self._client.upload(
@@ -141,11 +133,13 @@ class LogsIngestionSink:
                 if error.status_code in (400, 413):
                     raise
                 if error.status_code == 403:
-                    if self._clock() < give_up_at:
-                        self._sleep(FORBIDDEN_RETRY_SECONDS)
+                    if forbidden < FORBIDDEN_RETRIES:
+                        forbidden += 1
+                        time.sleep(FORBIDDEN_RETRY_SECONDS)
                         continue
                     raise SinkUnavailable(
-                        f"Logs Ingestion refused the identity (403) for {self._forbidden_wait_seconds:.0f} s: grant it "
+                        f"Logs Ingestion refused the identity (403) {forbidden + 1} times over "
+                        f"{forbidden * FORBIDDEN_RETRY_SECONDS} s: grant it "
                         "'Monitoring Metrics Publisher' on the DCR; a new role assignment can take up to 30 minutes"
                     ) from None
                 raise SinkUnavailable(

@@ -256,7 +256,5 @@ def run_cycle(
     now = int(collector.wall_clock())
     reports = []
     for org in orgs:
-        report = collector.collect(live_collection(org, now, initial_lookback_seconds), deadline)
-        (log.error if report.failed else log.info)("%s", report.summary())
-        reports.append(report)
+        reports.append(collector.collect(live_collection(org, now, initial_lookback_seconds), deadline))
     return reports

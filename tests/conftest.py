@@ -145,8 +145,11 @@ def azurite(tmp_path_factory: pytest.TempPathFactory):
     node = shutil.which("node")
     if node is None or not AZURITE_TABLE_SCRIPT.is_file():
         missing = "node is not on PATH" if node is None else f"{AZURITE_TABLE_SCRIPT} does not exist"
-        pytest.fail(f"Azurite cannot start: {missing}. Run .ci/run (it installs node tools with "
-                    f"`npm ci` in tools/azurite) and try again.", pytrace=False)
+        pytest.fail(
+            f"Azurite cannot start: {missing}. Run .ci/run (it installs node tools with "
+            f"`npm ci` in tools/azurite) and try again.",
+            pytrace=False,
+        )
     workdir = tmp_path_factory.mktemp("azurite")
     with tempfile.TemporaryFile(dir=workdir) as stderr_file:
         process, port = _start_azurite(node, workdir, stderr_file)
@@ -166,9 +169,21 @@ def _start_azurite(node: str, workdir: Path, stderr_file) -> tuple[subprocess.Po
     port = _free_port()
     # Start the node script itself (no npx, no shell), so the PID we terminate is the one holding the port.
     process = subprocess.Popen(
-        [node, str(AZURITE_TABLE_SCRIPT), "--tableHost", "127.0.0.1", "--tablePort", str(port),
-         "--inMemoryPersistence", "--silent", "--disableTelemetry"],
-        cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr_file,
+        [
+            node,
+            str(AZURITE_TABLE_SCRIPT),
+            "--tableHost",
+            "127.0.0.1",
+            "--tablePort",
+            str(port),
+            "--inMemoryPersistence",
+            "--silent",
+            "--disableTelemetry",
+        ],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr_file,
     )
     return process, port
 
@@ -179,11 +194,15 @@ def _wait_for_azurite(process: subprocess.Popen, port: int, stderr_file) -> None
         if process.poll() is not None:
             stderr_file.seek(0)
             output = stderr_file.read().decode("utf-8", "replace").strip()
-            pytest.fail(f"Azurite exited with code {process.returncode} before listening on "
-                        f"127.0.0.1:{port}:\n{output or '(no stderr output)'}", pytrace=False)
+            pytest.fail(
+                f"Azurite exited with code {process.returncode} before listening on "
+                f"127.0.0.1:{port}:\n{output or '(no stderr output)'}",
+                pytrace=False,
+            )
         if time.monotonic() > deadline:
-            pytest.fail(f"Azurite did not listen on 127.0.0.1:{port} within {AZURITE_START_TIMEOUT:.0f}s",
-                        pytrace=False)
+            pytest.fail(
+                f"Azurite did not listen on 127.0.0.1:{port} within {AZURITE_START_TIMEOUT:.0f}s", pytrace=False
+            )
         _real_sleep(0.05)
 
 
@@ -247,3 +266,11 @@ class StaticTokenCredential:
 def static_token_credential() -> StaticTokenCredential:
     return StaticTokenCredential()
 
+
+@pytest.fixture
+def deployment(pulumi_api, ingestion, managed_identity, azurite, table_name):
+    """The connector wired to the HTTPS stand-ins, Azurite and the local managed identity."""
+    from tests.harness import Deployment
+
+    ingestion.expected_token = managed_identity.access_token
+    return Deployment(pulumi_api, ingestion, managed_identity, azurite.connection_string, table_name)

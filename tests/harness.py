@@ -1,0 +1,87 @@
+"""A connector deployment on this machine: the real clients, wired by the real composition
+root, against the HTTPS stand-ins, Azurite and a local managed-identity endpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from azure.data.tables import TableClient
+
+from shared.checkpoint_store import CursorKey, TableCheckpointStore
+from shared.cursor import Cursor
+from shared.dead_letter import DeadLetter, TableDeadLetterStore
+from shared.standins import LogsIngestionStandIn, ManagedIdentityEndpointStandIn, PulumiAuditApiStandIn
+from shared.transform import content_digest, event_id
+from shared.wiring import Connector, connector_from_environment
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PULUMI_TOKEN = "pul-test-token"
+MANAGED_IDENTITY_CLIENT_ID = "11111111-2222-3333-4444-555555555555"
+
+
+@dataclass
+class Deployment:
+    pulumi_api: PulumiAuditApiStandIn
+    ingestion: LogsIngestionStandIn
+    managed_identity: ManagedIdentityEndpointStandIn
+    azurite_connection_string: str
+    table_name: str
+    orgs: tuple[str, ...] = ("acme",)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def environ(self) -> dict[str, str]:
+        return {
+            "PULUMI_ORGS": ",".join(self.orgs),
+            "PULUMI_ACCESS_TOKEN": PULUMI_TOKEN,
+            "PULUMI_API_URL": self.pulumi_api.url,
+            "LOGS_INGESTION_ENDPOINT": self.ingestion.url,
+            "DCR_IMMUTABLE_ID": self.ingestion.dcr_id,
+            "DCR_STREAM_NAME": self.ingestion.stream_name,
+            "MANAGED_IDENTITY_CLIENT_ID": MANAGED_IDENTITY_CLIENT_ID,
+            "CHECKPOINT_CONNECTION_STRING": self.azurite_connection_string,
+            "CHECKPOINT_TABLE_NAME": self.table_name,
+            "DEAD_LETTER_TABLE_NAME": self.table_name + "dead",
+            "INITIAL_LOOKBACK": "1h",
+            "LATE_EVENT_OVERLAP": "10m",
+            **self.extra,
+        }
+
+    def connector(self) -> Connector:
+        """A fresh connector, as a new Functions worker process would build it."""
+        return connector_from_environment(self.environ)
+
+    def run_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """`python -m shared ...` in a real subprocess with this deployment's settings."""
+        environ = {**os.environ, **self.managed_identity.env(), **self.environ}
+        return subprocess.run(
+            [sys.executable, "-m", "shared", *args],
+            cwd=REPO_ROOT,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def checkpoint(self, org: str = "acme") -> Cursor | None:
+        table = TableClient.from_connection_string(self.azurite_connection_string, table_name=self.table_name)
+        return TableCheckpointStore(table).load(CursorKey.live(org))[0]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        table = TableClient.from_connection_string(self.azurite_connection_string, table_name=self.table_name + "dead")
+        return list(TableDeadLetterStore(table).list())
+
+    def landed(self) -> Counter:
+        """How many times each EventId_s landed in Log Analytics."""
+        return Counter(row["EventId_s"] for row in self.ingestion.rows)
+
+
+def expected_ids(org: str, events: list[dict]) -> set[str]:
+    """The EventId_s of distinct source events (occurrence 1 each)."""
+    return {event_id(content_digest(org, event), 1) for event in events}

@@ -1,0 +1,187 @@
+"""The timer function, `python -m shared run` and a worker's connector forward events end to end
+through the real SDK clients, the real DefaultAzureCredential and Azurite."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from azure.functions.timer import TimerRequest
+
+from shared.standins import simulate_events
+from tests.harness import MANAGED_IDENTITY_CLIENT_ID, PULUMI_TOKEN, expected_ids
+
+NOW = int(time.time())
+
+
+@pytest.fixture(scope="module")
+def timer_function():
+    import function_app
+
+    [function] = function_app.app.get_functions()  # get_functions() may be called once per app
+    return function
+
+
+def seed(deployment, org: str = "acme", count: int = 250, seed_value: int = 1) -> list[dict]:
+    events = simulate_events(org, NOW - 3000, NOW - 120, count, seed=seed_value)
+    deployment.pulumi_api.add_events(org, events)
+    return events
+
+
+def test_the_timer_function_is_bound_to_the_schedule_setting_with_monitor_on(timer_function):
+    [binding] = json.loads(timer_function.get_function_json())["bindings"]
+    assert binding == {
+        "direction": "IN",
+        "type": "timerTrigger",
+        "name": "timer",
+        "schedule": "%TIMER_SCHEDULE%",
+        "runOnStartup": False,
+        "useMonitor": True,
+    }
+
+
+def test_the_timer_function_forwards_every_event_once_and_logs_a_summary(
+    timer_function, deployment, monkeypatch, caplog
+):
+    caplog.set_level("INFO", logger="shared.run")
+    events = seed(deployment)
+    for name, value in deployment.environ.items():
+        monkeypatch.setenv(name, value)
+    from shared.wiring import process_connector
+
+    process_connector.cache_clear()
+    try:
+        timer_function.get_user_function()(TimerRequest(past_due=True))
+    finally:
+        process_connector.cache_clear()
+    landed = deployment.landed()
+    assert set(landed) == expected_ids("acme", events) and set(landed.values()) == {1}
+    [summary] = [record.getMessage() for record in caplog.records if record.name == "shared.run"]
+    assert summary.startswith(
+        "org=acme status=ok fetched=250 sent=250 duplicates_skipped=0 dead_lettered=0 lag_seconds="
+    )
+
+
+def test_the_timer_function_fails_the_invocation_when_an_org_fails(timer_function, deployment, monkeypatch):
+    for name, value in {**deployment.environ, "PULUMI_ORGS": "acme,missing-org"}.items():
+        monkeypatch.setenv(name, value)
+    deployment.pulumi_api.add_org("acme")
+    from shared.wiring import CycleFailed, process_connector
+
+    process_connector.cache_clear()
+    try:
+        with pytest.raises(CycleFailed, match=r"org 'missing-org'.*404"):
+            timer_function.get_user_function()(TimerRequest())
+    finally:
+        process_connector.cache_clear()
+
+
+def test_a_run_uses_the_user_assigned_managed_identity_for_logs_ingestion(deployment):
+    seed(deployment, count=5)
+    deployment.connector().run_once()
+    assert MANAGED_IDENTITY_CLIENT_ID in deployment.managed_identity.client_ids
+    assert "https://monitor.azure.com" in deployment.managed_identity.resources
+    assert len(deployment.ingestion.rows) == 5
+
+
+def test_every_request_body_stays_under_one_megabyte(deployment):
+    events = simulate_events("acme", NOW - 3000, NOW - 120, 3000, seed=5)
+    for event in events:
+        event["description"] += " " + "x" * 1500
+    deployment.pulumi_api.add_events("acme", events)
+    [report] = deployment.connector().run_once()
+    assert report.sent == 3000
+    sizes = [request.uncompressed_size for request in deployment.ingestion.requests if request.status == 204]
+    assert len(sizes) > 4 and max(sizes) < 1_000_000
+
+
+def test_the_checkpoint_lives_in_table_storage_and_advances_to_now_minus_the_settle_delay(deployment):
+    seed(deployment, count=20)
+    deployment.connector().run_once()
+    cursor = deployment.checkpoint()
+    assert cursor.window is None and NOW - 120 <= cursor.watermark <= int(time.time()) - 60
+
+
+def test_several_orgs_each_keep_their_own_checkpoint(deployment):
+    deployment.orgs = ("acme", "globex")
+    acme, globex = seed(deployment, "acme", 30, 1), seed(deployment, "globex", 40, 2)
+    reports = deployment.connector().run_once()
+    assert [(report.org, report.sent) for report in reports] == [("acme", 30), ("globex", 40)]
+    assert set(deployment.landed()) == expected_ids("acme", acme) | expected_ids("globex", globex)
+    assert deployment.checkpoint("globex") is not None
+
+
+def test_the_cli_run_exits_zero_and_prints_one_summary_line_per_org(deployment):
+    seed(deployment, count=12)
+    result = deployment.run_cli("run")
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert line.startswith("org=acme status=ok fetched=12 sent=12 duplicates_skipped=0")
+    assert len(deployment.ingestion.rows) == 12
+
+
+def test_the_cli_run_exits_non_zero_with_a_one_line_reason_that_never_shows_the_token(deployment):
+    deployment.pulumi_api.expected_token = "a-different-token"
+    deployment.pulumi_api.add_org("acme")
+    result = deployment.run_cli("run")
+    assert result.returncode == 1
+    [reason] = result.stderr.strip().splitlines()
+    assert "rejected the access token for org 'acme' (401)" in reason
+    assert PULUMI_TOKEN not in result.stdout + result.stderr
+
+
+def test_the_cli_reports_every_bad_setting_at_once(deployment):
+    deployment.extra = {"PULUMI_ORGS": "../etc", "LOGS_INGESTION_ENDPOINT": "http://example.com"}
+    result = deployment.run_cli("run")
+    assert result.returncode == 2
+    assert "PULUMI_ORGS" in result.stderr and "LOGS_INGESTION_ENDPOINT must use https://" in result.stderr
+
+
+def test_preview_prints_rows_and_sends_nothing(deployment):
+    seed(deployment, count=8)
+    result = deployment.run_cli("preview", "--since", "2h", "--limit", "5")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 5 and {row["OrgName_s"] for row in rows} == {"acme"}
+    assert deployment.ingestion.rows == [] and deployment.checkpoint() is None
+
+
+def test_checkpoint_show_and_reset(deployment):
+    seed(deployment, count=3)
+    assert deployment.run_cli("run").returncode == 0
+    shown = json.loads(deployment.run_cli("checkpoint", "show", "--org", "acme").stdout)
+    assert shown["kind"] == "live" and shown["name"] == "acme" and shown["lag_seconds"] >= 60
+    assert deployment.run_cli("checkpoint", "reset", "--org", "acme", "--to", "2h").returncode == 0
+    assert deployment.checkpoint().watermark <= NOW - 7200 + 60
+    assert deployment.run_cli("checkpoint", "reset", "--org", "acme").returncode == 0
+    assert deployment.checkpoint() is None
+
+
+def test_backfill_sends_a_past_range_with_original_times_and_leaves_the_live_checkpoint(deployment):
+    old = simulate_events("acme", NOW - 10 * 86400, NOW - 9 * 86400, 60, seed=9)
+    deployment.pulumi_api.add_events("acme", old)
+    since, until = str(NOW - 10 * 86400), str(NOW - 9 * 86400 + 1)
+    result = deployment.run_cli("backfill", "--since", since, "--until", until)
+    assert result.returncode == 0, result.stderr
+    assert "backfill acme" in result.stderr  # the progress bar
+    assert set(deployment.landed()) == expected_ids("acme", old)
+    assert all(row["EventTime_t"] == row["TimeGenerated"] for row in deployment.ingestion.rows)
+    assert deployment.checkpoint() is None
+    again = deployment.run_cli("backfill", "--since", since, "--until", until)
+    assert again.returncode == 0 and len(deployment.ingestion.rows) == 60
+
+
+def test_refused_rows_are_listed_and_replayed_from_the_dead_letter_store(deployment):
+    events = seed(deployment, count=10)
+    poison = events[3]["description"]
+    deployment.ingestion.reject_rows(lambda row: row.get("Description_s") == poison)
+    [report] = deployment.connector().run_once()
+    assert report.sent == 9 and report.dead_lettered == 1
+    listed = [json.loads(line) for line in deployment.run_cli("deadletter", "list").stdout.splitlines()]
+    assert [letter["row"]["Description_s"] for letter in listed] == [poison]
+    assert "400" in listed[0]["reason"]
+    deployment.ingestion.reject_rows(None)
+    replay = deployment.run_cli("deadletter", "replay")
+    assert replay.returncode == 0 and "replayed 1 of 1" in replay.stdout
+    assert set(deployment.landed()) == expected_ids("acme", events) and deployment.dead_letters() == []
