@@ -1,0 +1,467 @@
+// Pulumi Cloud audit logs -> Microsoft Sentinel: everything the connector needs in Azure.
+//
+// Deploy into the resource group that will hold the connector (Function App, storage, Key Vault,
+// identity, DCR, Application Insights). The Log Analytics workspace must already exist; it may live
+// in another resource group of the same subscription (workspaceResourceGroupName).
+//
+//   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.bicepparam
+//
+// Nothing here reads or outputs a storage key: the storage account refuses shared keys and every
+// connection (host storage, deployment package, checkpoint tables, DCR, App Insights, Key Vault)
+// uses the user-assigned managed identity.
+
+targetScope = 'resourceGroup'
+
+// ----------------------------------------------------------------------------------------------
+// Parameters
+// ----------------------------------------------------------------------------------------------
+
+@description('Name of the existing Log Analytics workspace (the one Microsoft Sentinel uses).')
+param workspaceName string
+
+@description('Resource group of the workspace; defaults to the deployment resource group.')
+param workspaceResourceGroupName string = resourceGroup().name
+
+@description('Pulumi organizations to collect audit logs from.')
+@minLength(1)
+param pulumiOrgs array
+
+@description('Pulumi access token with audit-log read access (an org-scoped service token). Stored in Key Vault only.')
+@secure()
+param pulumiAccessToken string
+
+@description('Region of the Function App, storage, Key Vault and Application Insights (must offer Flex Consumption). The DCR always goes to the workspace region.')
+param location string = resourceGroup().location
+
+@description('Pulumi Cloud API base URL (self-hosted Pulumi Cloud uses its own).')
+param pulumiApiUrl string = 'https://api.pulumi.com'
+
+@description('NCRONTAB schedule (6 fields) of the polling timer.')
+param timerSchedule string = '0 * * * * *'
+
+@description('How far back the first run of a new org starts (s, m, h or d suffix).')
+param initialLookback string = '1d'
+
+@description('How far back every poll re-reads to catch events the API shows late.')
+param lateEventOverlap string = '10m'
+
+@description('A run stops cleanly after this long and resumes on the next run.')
+param runTimeBudget string = '8m'
+
+@description('Interactive (Analytics) retention of the PulumiAuditLogs_CL table, in days.')
+@minValue(4)
+@maxValue(730)
+param tableRetentionInDays int = 90
+
+@description('Total retention (interactive + long-term) of the PulumiAuditLogs_CL table, in days.')
+@minValue(4)
+@maxValue(4383)
+param tableTotalRetentionInDays int = 365
+
+@description('Create the Microsoft Sentinel scheduled analytic rules.')
+param deployAnalyticRules bool = true
+
+@description('Onboard Microsoft Sentinel on the workspace. Leave false when Sentinel is already enabled there.')
+param onboardSentinel bool = false
+
+@description('Prefix of the resource names; change it to deploy a second copy into the same resource group.')
+@minLength(3)
+@maxLength(20)
+param baseName string = 'pulumi-audit'
+
+@description('Tags applied to every resource this template creates.')
+param tags object = {}
+
+// ----------------------------------------------------------------------------------------------
+// Names and constants
+// ----------------------------------------------------------------------------------------------
+
+var suffix = uniqueString(resourceGroup().id, baseName)
+var identityName = 'id-${baseName}'
+var storageAccountName = take('stpal${suffix}', 24)
+var keyVaultName = take('kv-pal-${suffix}', 24)
+var appInsightsName = 'appi-${baseName}-${suffix}'
+var planName = 'plan-${baseName}-${suffix}'
+var functionAppName = 'func-${baseName}-${suffix}'
+var dcrName = 'dcr-${baseName}-${suffix}'
+
+var tableName = 'PulumiAuditLogs_CL'
+var deploymentContainerName = 'app-package'
+var checkpointTableName = 'PulumiAuditCheckpoints'
+var deadLetterTableName = 'PulumiAuditDeadLetters'
+var tokenSecretName = 'pulumi-access-token'
+
+// ----------------------------------------------------------------------------------------------
+// Existing workspace and the workspace-side content (custom table, Sentinel, analytic rules)
+// ----------------------------------------------------------------------------------------------
+
+resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+  name: workspaceName
+  scope: resourceGroup(workspaceResourceGroupName)
+}
+
+module workspaceContent 'modules/workspace.bicep' = {
+  name: '${baseName}-workspace-content'
+  scope: resourceGroup(workspaceResourceGroupName)
+  params: {
+    workspaceName: workspaceName
+    tableRetentionInDays: tableRetentionInDays
+    tableTotalRetentionInDays: tableTotalRetentionInDays
+    deployAnalyticRules: deployAnalyticRules
+    onboardSentinel: onboardSentinel
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Identity
+// ----------------------------------------------------------------------------------------------
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: identityName
+  location: location
+  tags: tags
+}
+
+// ----------------------------------------------------------------------------------------------
+// Data collection rule: the Logs Ingestion API entry point (kind Direct => own ingestion endpoint)
+// ----------------------------------------------------------------------------------------------
+
+module dcr 'modules/dcr.bicep' = {
+  name: '${baseName}-dcr'
+  params: {
+    name: dcrName
+    // A module parameter may come from the existing workspace at run time; a resource's own
+    // location may not (ARM allows reference() only inside properties).
+    location: workspace.location
+    workspaceResourceId: workspace.id
+    outputStream: 'Custom-${tableName}'
+    tags: tags
+  }
+  dependsOn: [
+    // The output table must exist before the DCR, or the DCR is rejected (InvalidOutputTable).
+    workspaceContent
+  ]
+}
+
+// ----------------------------------------------------------------------------------------------
+// Storage: Functions host storage, Flex deployment package, checkpoint and dead-letter tables
+// ----------------------------------------------------------------------------------------------
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_43:checkov cannot evaluate the Bicep variable; the name is 'stpal' + uniqueString() = 18 lowercase letters and digits (tests/test_infra.py checks it).
+  // checkov:skip=CKV_AZURE_206:Holds only re-creatable state (deployment package, host locks, a checkpoint the connector can rebuild with INITIAL_LOOKBACK); LRS is enough and available in every Flex region.
+  // checkov:skip=CKV_AZURE_35:The Flex Consumption app is not VNet-integrated, so it reaches this account over the public endpoint; access needs Entra ID (shared keys are disabled).
+  // checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: the app reaches the account over its public endpoint; anonymous and key access are both off.
+  name: storageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    allowCrossTenantReplication: false
+    isLocalUserEnabled: false
+    isSftpEnabled: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+    encryption: {
+      keySource: 'Microsoft.Storage'
+      services: {
+        blob: {
+          enabled: true
+        }
+        table: {
+          enabled: true
+        }
+      }
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource checkpointTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: tableService
+  name: checkpointTableName
+}
+
+resource deadLetterTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: tableService
+  name: deadLetterTableName
+}
+
+// ----------------------------------------------------------------------------------------------
+// Key Vault: holds the Pulumi token; the app reads it through an unversioned Key Vault reference
+// ----------------------------------------------------------------------------------------------
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_109:App Service resolves Key Vault references over the public endpoint unless the app is VNet-integrated; 'trusted services' does not cover it. Access is RBAC-only.
+  // checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109: the Flex app is not VNet-integrated, so the vault must stay reachable; only the app identity can read secrets.
+  name: keyVaultName
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+    enablePurgeProtection: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource tokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_41:The token's lifetime is set in Pulumi Cloud, not here; rotation adds a new secret version (docs/DEPLOY.md) and the connector-silent rule flags an expired token.
+  parent: keyVault
+  name: tokenSecretName
+  properties: {
+    value: pulumiAccessToken
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Application Insights (workspace-based, Entra ID ingestion only)
+// ----------------------------------------------------------------------------------------------
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: appInsightsName
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: workspace.id
+    DisableLocalAuth: true
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Role assignments for the managed identity (one module, each scoped to a single resource)
+// ----------------------------------------------------------------------------------------------
+
+module roles 'modules/roles.bicep' = {
+  name: '${baseName}-role-assignments'
+  params: {
+    principalId: identity.properties.principalId
+    dcrName: dcr.outputs.name
+    storageAccountName: storage.name
+    keyVaultName: keyVault.name
+    appInsightsName: appInsights.name
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Function App on Flex Consumption
+// ----------------------------------------------------------------------------------------------
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_225:Zone redundancy needs always-ready instances; a 5-minute poller that resumes from its checkpoint tolerates a zone outage.
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_17:Timer-triggered only; no client calls the app, so client certificates add nothing.
+  // checkov:skip=CKV_AZURE_222:'func azure functionapp publish' needs the public scm endpoint; the app has no HTTP functions to expose.
+  // checkov:skip=CKV_AZURE_213:Health check pings an HTTP path; a timer-only app has none (the connector-silent rule watches it instead).
+  // checkov:skip=CKV_AZURE_212:Flex Consumption starts instances on demand; a timer-only poller runs on one instance at a time and resumes from its checkpoint.
+  name: functionAppName
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identity.id}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    keyVaultReferenceIdentity: identity.id
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      appSettings: [
+        // Host storage, identity-based (no connection string; the account refuses shared keys).
+        {
+          name: 'AzureWebJobsStorage__accountName'
+          value: storage.name
+        }
+        {
+          name: 'AzureWebJobsStorage__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'AzureWebJobsStorage__clientId'
+          value: identity.properties.clientId
+        }
+        // Telemetry with Entra ID auth (local auth is disabled on the component).
+        {
+          name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+          value: appInsights.properties.ConnectionString
+        }
+        {
+          name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+          value: 'ClientId=${identity.properties.clientId};Authorization=AAD'
+        }
+        // The connector's own settings (shared/settings.py SETTING_SPECS).
+        {
+          name: 'PULUMI_ORGS'
+          value: join(pulumiOrgs, ',')
+        }
+        {
+          name: 'PULUMI_ACCESS_TOKEN'
+          value: '@Microsoft.KeyVault(SecretUri=${tokenSecret.properties.secretUri})'
+        }
+        {
+          name: 'PULUMI_API_URL'
+          value: pulumiApiUrl
+        }
+        {
+          name: 'LOGS_INGESTION_ENDPOINT'
+          value: dcr.outputs.logsIngestionEndpoint
+        }
+        {
+          name: 'DCR_IMMUTABLE_ID'
+          value: dcr.outputs.immutableId
+        }
+        {
+          name: 'DCR_STREAM_NAME'
+          value: dcr.outputs.streamName
+        }
+        {
+          name: 'MANAGED_IDENTITY_CLIENT_ID'
+          value: identity.properties.clientId
+        }
+        {
+          name: 'CHECKPOINT_TABLE_ENDPOINT'
+          value: storage.properties.primaryEndpoints.table
+        }
+        {
+          name: 'CHECKPOINT_TABLE_NAME'
+          value: checkpointTable.name
+        }
+        {
+          name: 'DEAD_LETTER_TABLE_NAME'
+          value: deadLetterTable.name
+        }
+        {
+          name: 'TIMER_SCHEDULE'
+          value: timerSchedule
+        }
+        {
+          name: 'INITIAL_LOOKBACK'
+          value: initialLookback
+        }
+        {
+          name: 'LATE_EVENT_OVERLAP'
+          value: lateEventOverlap
+        }
+        {
+          name: 'RUN_TIME_BUDGET'
+          value: runTimeBudget
+        }
+      ]
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainer.name}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identity.id
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: 40
+        instanceMemoryMB: 2048
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+  dependsOn: [
+    // Grant the identity its roles first, so the first start can read storage and the Key Vault secret.
+    roles
+  ]
+}
+
+// FTP publishing credentials stay off (ftpsState is Disabled too). The scm policy keeps the platform
+// default, so every Core Tools version can run `func azure functionapp publish`.
+resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Outputs: what `func publish` and a local.settings.json need. No secret is ever output.
+// ----------------------------------------------------------------------------------------------
+
+output functionAppName string = functionApp.name
+output LOGS_INGESTION_ENDPOINT string = dcr.outputs.logsIngestionEndpoint
+output DCR_IMMUTABLE_ID string = dcr.outputs.immutableId
+output DCR_STREAM_NAME string = dcr.outputs.streamName
+output CHECKPOINT_TABLE_ENDPOINT string = storage.properties.primaryEndpoints.table
+output CHECKPOINT_TABLE_NAME string = checkpointTable.name
+output DEAD_LETTER_TABLE_NAME string = deadLetterTable.name
+output MANAGED_IDENTITY_CLIENT_ID string = identity.properties.clientId
+output keyVaultName string = keyVault.name
+output pulumiTokenSecretName string = tokenSecret.name
+output storageAccountName string = storage.name
+output dcrName string = dcr.outputs.name

@@ -1,0 +1,173 @@
+"""Read the Bicep in infra/ through pycep-parser, for tests/test_infra.py.
+
+pycep (0.7.1) gives a JSON-like tree per file. Its quirks, handled here:
+- a quoted object key keeps its quotes (`"'Custom-X'"`);
+- a variable or parameter reference and a string literal are both plain `str`, so a string that
+  names a variable is resolved through `tree["variables"]`;
+- expressions are nested dicts: `{"operator": {"type": "property_accessor", ...}}`,
+  `{"function": {"type": ..., "parameters": {...}}}`;
+- a conditional or looped resource wraps its body: `config = {"condition": ..., "config": body}`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pycep import BicepParser
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INFRA = REPO_ROOT / "infra"
+MAIN = INFRA / "main.bicep"
+WORKSPACE_MODULE = INFRA / "modules" / "workspace.bicep"
+ROLES_MODULE = INFRA / "modules" / "roles.bicep"
+DCR_MODULE = INFRA / "modules" / "dcr.bicep"
+RULES_DIR = INFRA / "rules"
+
+
+def bicep_files() -> list[Path]:
+    return sorted(INFRA.rglob("*.bicep"))
+
+
+@cache
+def parse(path: Path) -> dict[str, Any]:
+    return BicepParser().parse(file_path=path)
+
+
+def unquote(key: str) -> str:
+    return key.strip("'")
+
+
+def resolve(tree: dict[str, Any], value: Any) -> Any:
+    """Follow a plain-string variable reference to the variable's value (recursively for lists/dicts)."""
+    variables = tree.get("variables") or {}
+    seen: set[str] = set()
+    while isinstance(value, str) and value in variables and value not in seen:
+        seen.add(value)
+        value = variables[value]["value"]
+    if isinstance(value, list):
+        return [resolve(tree, item) for item in value]
+    if isinstance(value, dict) and "operator" not in value and "function" not in value:
+        return {key: resolve(tree, item) for key, item in value.items()}
+    return value
+
+
+def accessor_path(expr: Any) -> str | None:
+    """`a.b.c` for a property-accessor chain, the plain name for a str, else None."""
+    if isinstance(expr, str):
+        return expr
+    if isinstance(expr, dict) and "operator" in expr and expr["operator"]["type"] == "property_accessor":
+        operands = expr["operator"]["operands"]
+        head, tail = accessor_path(operands["operand_1"]), accessor_path(operands["operand_2"])
+        if head is not None and tail is not None:
+            return f"{head}.{tail}"
+    return None
+
+
+def walk(value: Any) -> Iterator[Any]:
+    """Every node of a parsed value, depth first."""
+    yield value
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from walk(item)
+
+
+def strings_in(value: Any) -> list[str]:
+    return [node for node in walk(value) if isinstance(node, str)]
+
+
+def body(resource: dict[str, Any]) -> dict[str, Any]:
+    """The resource's own properties, unwrapped from condition/loop wrappers."""
+    config = resource["config"]
+    while "config" in config and ("condition" in config or "loop_type" in config):
+        config = config["config"]
+    return config
+
+
+def condition(resource: dict[str, Any]) -> Any:
+    return resource["config"].get("condition")
+
+
+def resources_of_type(tree: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {
+        symbol: resource
+        for symbol, resource in tree["resources"].items()
+        if resource["type"].lower() == resource_type.lower()
+    }
+
+
+def only_resource(tree: dict[str, Any], resource_type: str) -> tuple[str, dict[str, Any]]:
+    found = resources_of_type(tree, resource_type)
+    assert len(found) == 1, f"expected one {resource_type}, found {sorted(found)}"
+    return next(iter(found.items()))
+
+
+def module_calls(tree: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """The `module` declarations of `tree` that deploy the local file `path`: symbol -> config."""
+    return {
+        symbol: module["config"]
+        for symbol, module in (tree.get("modules") or {}).items()
+        if module["type"] == "local" and (INFRA / module["detail"]["path"]).resolve() == path.resolve()
+    }
+
+
+def only_module_call(tree: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
+    found = module_calls(tree, path)
+    assert len(found) == 1, f"expected one module deploying {path.name}, found {sorted(found)}"
+    return next(iter(found.items()))
+
+
+def columns(tree: dict[str, Any], value: Any) -> list[tuple[str, str]]:
+    return [(column["name"], column["type"]) for column in resolve(tree, value)]
+
+
+def app_settings() -> dict[str, Any]:
+    """The Function App's app settings as name -> parsed value."""
+    tree = parse(MAIN)
+    _, site = only_resource(tree, "Microsoft.Web/sites")
+    settings = body(site)["properties"]["siteConfig"]["appSettings"]
+    names = [item["name"] for item in settings]
+    assert len(names) == len(set(names)), f"duplicate app settings: {names}"
+    return {item["name"]: item["value"] for item in settings}
+
+
+def analytic_rules() -> list[dict[str, Any]]:
+    """The rule catalogue of the workspace module, variables resolved, plus the query file path."""
+    tree = parse(WORKSPACE_MODULE)
+    rules = resolve(tree, "analyticRules")
+    out = []
+    for rule in rules:
+        load = rule["query"]["function"]
+        assert load["type"] == "load_text_content", f"rule {rule['key']} must load its query from a .kql file"
+        query_file = (WORKSPACE_MODULE.parent / load["parameters"]["file_path"]).resolve()
+        out.append({**rule, "query_file": query_file})
+    return out
+
+
+_KQL_COMMENT = re.compile(r"//[^\n]*")
+_KQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'")
+
+
+def kql_code(text: str) -> str:
+    """KQL without comments and string literals (string first, so '//' inside a string survives)."""
+    return _KQL_COMMENT.sub("", _KQL_STRING.sub('""', text))
+
+
+# A column-looking identifier: the table's type suffixes (_s, _b, _d, _t).
+_SUFFIXED = re.compile(r"\b([A-Za-z][A-Za-z0-9]*_[sbdt])\b")
+# `Name = expr` (an alias or a let binding), not `==`, `!=`, `<=`, `>=`, `=~`.
+_ALIAS = re.compile(r"(?<![=!<>])\b([A-Za-z_][A-Za-z0-9_]*)\s*=(?![=~])")
+
+
+def kql_suffixed_identifiers(text: str) -> set[str]:
+    return set(_SUFFIXED.findall(kql_code(text)))
+
+
+def kql_aliases(text: str) -> set[str]:
+    return set(_ALIAS.findall(kql_code(text)))

@@ -1,0 +1,745 @@
+"""Checks of the Bicep in infra/ and the analytic-rule queries in infra/rules/.
+
+No Bicep CLI runs here, so the Bicep is read with pycep-parser (see tests/infra_model.py) and
+checked against the code's own definitions: shared/schema.py for the table and the DCR stream,
+shared/settings.py for the app settings. checkov runs from its own venv (.venv-iac).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shared.schema import COLUMN_NAMES, COLUMNS, DEFAULT_STREAM_NAME, TABLE_NAME
+from shared.settings import SETTING_SPECS
+from tests import infra_model as im
+
+SCHEMA_COLUMNS = [(column.name, column.type) for column in COLUMNS]
+SPEC_DEFAULTS = {spec.name: spec.default for spec in SETTING_SPECS}
+
+MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
+KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
+
+HEALTH_RULE = "connector-silent"
+OFFICIAL_RULES = {
+    # key: (query lines that must appear verbatim, frequency, period, severity, tactics, techniques)
+    "excessive-auth-failures": (
+        [
+            "PulumiAuditLogs_CL",
+            "| where AuthFailure_b == true",
+            "| summarize FailCount = count() by SourceIP_s, bin(TimeGenerated, 15m)",
+            "| where FailCount > 5",
+            "| extend IPCustomEntity = SourceIP_s",
+        ],
+        "PT15M",
+        "PT15M",
+        "Medium",
+        ["CredentialAccess", "InitialAccess"],
+        ["T1110"],
+    ),
+    "stack-deleted": (
+        [
+            "PulumiAuditLogs_CL",
+            '| where Event_s == "stack-deleted"',
+            "| extend AccountCustomEntity = UserLogin_s",
+            "| extend IPCustomEntity = SourceIP_s",
+        ],
+        "PT5M",
+        "PT5M",
+        "Medium",
+        ["Impact"],
+        ["T1485"],
+    ),
+    "org-membership-change": (
+        [
+            "PulumiAuditLogs_CL",
+            '| where Event_s in ("member-added", "member-removed", "member-role-changed")',
+            "| extend AccountCustomEntity = UserLogin_s",
+            "| extend IPCustomEntity = SourceIP_s",
+        ],
+        "PT5M",
+        "PT5M",
+        "Low",
+        ["Persistence"],
+        ["T1098"],
+    ),
+}
+
+# App settings the Functions host itself reads (not the connector code).
+HOST_SETTINGS = {
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+}
+LOCAL_ONLY_SETTINGS = {"CHECKPOINT_CONNECTION_STRING"}
+FLEX_FORBIDDEN_SETTINGS = {
+    "FUNCTIONS_WORKER_RUNTIME",
+    "FUNCTIONS_EXTENSION_VERSION",
+    "WEBSITE_RUN_FROM_PACKAGE",
+    "WEBSITE_CONTENTSHARE",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    "ENABLE_ORYX_BUILD",
+    "AzureWebJobsStorage",
+}
+
+
+def normalise_type(column_type: str) -> str:
+    return column_type.lower()
+
+
+def normalised(columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(name, normalise_type(column_type)) for name, column_type in columns]
+
+
+def main_tree() -> dict:
+    return im.parse(im.MAIN)
+
+
+def workspace_tree() -> dict:
+    return im.parse(im.WORKSPACE_MODULE)
+
+
+def interpolate(tree: dict, text: str) -> str:
+    """Substitute `${var}` with the value of a plain-string variable."""
+
+    def value(match: re.Match) -> str:
+        resolved = im.resolve(tree, match.group(1))
+        return resolved if isinstance(resolved, str) and resolved != match.group(1) else match.group(0)
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value, text)
+
+
+def rules_by_key() -> dict[str, dict]:
+    return {rule["key"]: rule for rule in im.analytic_rules()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", im.bicep_files(), ids=lambda p: str(p.relative_to(im.INFRA)))
+def test_every_bicep_file_parses_with_pycep(path: Path):
+    tree = im.parse(path)
+    assert tree["resources"] or tree.get("modules"), f"{path} declares nothing"
+
+
+def test_main_uses_only_modules_from_this_repository():
+    modules = main_tree()["modules"]
+    assert modules, "main.bicep is expected to use the local modules"
+    for symbol, module in modules.items():
+        assert module["type"] == "local", f"module {symbol} must be a local file, not a registry module"
+        assert (im.INFRA / module["detail"]["path"]).is_file(), f"module {symbol} points at a missing file"
+    assert "br/public:" not in "".join(path.read_text() for path in im.bicep_files())
+
+
+# ----------------------------------------------------------------------------------------------
+# Table and DCR match shared/schema.py
+# ----------------------------------------------------------------------------------------------
+
+
+def table_resource() -> dict:
+    _, table = im.only_resource(workspace_tree(), "Microsoft.OperationalInsights/workspaces/tables")
+    return im.body(table)
+
+
+def dcr_tree() -> dict:
+    return im.parse(im.DCR_MODULE)
+
+
+def dcr_resource() -> dict:
+    _, dcr = im.only_resource(dcr_tree(), "Microsoft.Insights/dataCollectionRules")
+    return im.body(dcr)
+
+
+def dcr_module_call() -> tuple[str, dict]:
+    return im.only_module_call(main_tree(), im.DCR_MODULE)
+
+
+def test_table_columns_equal_schema_columns_in_order():
+    table = table_resource()
+    columns = im.columns(workspace_tree(), table["properties"]["schema"]["columns"])
+    assert normalised(columns) == SCHEMA_COLUMNS
+
+
+def test_table_uses_bicep_datetime_spelling():
+    table = table_resource()
+    types = {column_type for _, column_type in im.columns(workspace_tree(), table["properties"]["schema"]["columns"])}
+    assert "dateTime" in types and "datetime" not in types
+
+
+def test_table_is_the_schema_table_on_the_analytics_plan():
+    table = table_resource()
+    assert table["name"] == TABLE_NAME
+    assert table["properties"]["schema"]["name"] == TABLE_NAME
+    assert table["properties"]["plan"] == "Analytics"
+    assert table["properties"]["retentionInDays"] == "tableRetentionInDays"
+
+
+def test_dcr_stream_columns_equal_schema_columns_in_order():
+    declarations = dcr_resource()["properties"]["streamDeclarations"]
+    streams = {im.unquote(name): decl for name, decl in declarations.items()}
+    assert list(streams) == [DEFAULT_STREAM_NAME]
+    columns = im.columns(dcr_tree(), streams[DEFAULT_STREAM_NAME]["columns"])
+    assert normalised(columns) == SCHEMA_COLUMNS
+
+
+def test_dcr_stream_columns_equal_table_columns():
+    declarations = dcr_resource()["properties"]["streamDeclarations"]
+    stream = next(iter(declarations.values()))
+    dcr_columns = normalised(im.columns(dcr_tree(), stream["columns"]))
+    table_columns = normalised(im.columns(workspace_tree(), table_resource()["properties"]["schema"]["columns"]))
+    assert dcr_columns == table_columns
+
+
+def test_dcr_is_direct_and_passes_rows_unchanged_into_the_table():
+    dcr = dcr_resource()
+    assert dcr["kind"] == "Direct"
+    (flow,) = dcr["properties"]["dataFlows"]
+    assert flow["transformKql"] == "source"
+    assert [im.resolve(dcr_tree(), stream) for stream in flow["streams"]] == [DEFAULT_STREAM_NAME]
+    assert flow["outputStream"] == "outputStream"
+    _, call = dcr_module_call()
+    assert interpolate(main_tree(), call["params"]["outputStream"]) == f"Custom-{TABLE_NAME}"
+    (destination,) = dcr["properties"]["destinations"]["logAnalytics"]
+    assert flow["destinations"] == [destination["name"]]
+    assert destination["workspaceResourceId"] == "workspaceResourceId"
+    assert im.accessor_path(call["params"]["workspaceResourceId"]) == "workspace.id"
+
+
+def test_dcr_is_in_the_workspace_region():
+    assert dcr_resource()["location"] == "location"
+    _, call = dcr_module_call()
+    assert im.accessor_path(call["params"]["location"]) == "workspace.location"
+
+
+def test_dcr_depends_on_the_module_that_creates_the_table():
+    table_module, _ = im.only_module_call(main_tree(), im.WORKSPACE_MODULE)
+    _, call = dcr_module_call()
+    assert table_module in call["dependsOn"]
+
+
+def test_dcr_module_outputs_what_the_app_needs():
+    outputs = dcr_tree()["outputs"]
+    assert im.accessor_path(outputs["logsIngestionEndpoint"]["value"]) == "dcr.properties.endpoints.logsIngestion"
+    assert im.accessor_path(outputs["immutableId"]["value"]) == "dcr.properties.immutableId"
+    assert im.resolve(dcr_tree(), outputs["streamName"]["value"]) == DEFAULT_STREAM_NAME
+
+
+# ----------------------------------------------------------------------------------------------
+# Analytic rules
+# ----------------------------------------------------------------------------------------------
+
+
+def test_every_rule_loads_an_existing_kql_file_and_every_kql_file_is_used():
+    rules = im.analytic_rules()
+    used = {rule["query_file"] for rule in rules}
+    assert all(path.is_file() for path in used), sorted(str(p) for p in used if not p.is_file())
+    on_disk = {path.resolve() for path in im.RULES_DIR.glob("*.kql")}
+    assert used == on_disk
+    assert len(rules) == len(used), "two rules share a query file"
+
+
+def test_rule_keys_are_unique_and_name_their_query_file():
+    rules = im.analytic_rules()
+    keys = [rule["key"] for rule in rules]
+    assert len(keys) == len(set(keys))
+    for rule in rules:
+        assert rule["query_file"].stem == rule["key"]
+
+
+def test_there_are_the_official_three_plus_six_connector_rules():
+    keys = set(rules_by_key())
+    assert set(OFFICIAL_RULES) <= keys
+    assert HEALTH_RULE in keys
+    assert len(keys) == 9
+
+
+@pytest.mark.parametrize("kql", sorted(im.RULES_DIR.glob("*.kql")), ids=lambda p: p.stem)
+def test_rule_query_uses_only_schema_columns(kql: Path):
+    text = kql.read_text()
+    assert "PulumiAuditLogs_CL" in im.kql_code(text)
+    unknown = im.kql_suffixed_identifiers(text) - set(COLUMN_NAMES) - im.kql_aliases(text)
+    assert not unknown, f"{kql.name} uses columns that are not in shared/schema.py: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("key", sorted(set(rules_by_key()) - {HEALTH_RULE}))
+def test_rule_query_windows_on_original_event_time(key: str):
+    code = im.kql_code(rules_by_key()[key]["query_file"].read_text())
+    assert re.search(r"\bwhere\s+EventTime_t\s*>\s*ago\(", code), f"{key} must filter on EventTime_t > ago(...)"
+
+
+def test_health_rule_windows_on_ingestion_time():
+    code = im.kql_code(rules_by_key()[HEALTH_RULE]["query_file"].read_text())
+    assert "ingestion_time()" in code
+    assert "OrgName_s" in code
+    assert re.search(r"max\(ingestion_time\(\)\)", code)
+
+
+@pytest.mark.parametrize("key", sorted(OFFICIAL_RULES))
+def test_official_rule_keeps_query_schedule_severity_and_mitre(key: str):
+    lines, frequency, period, severity, tactics, techniques = OFFICIAL_RULES[key]
+    rule = rules_by_key()[key]
+    query_lines = [line.strip() for line in rule["query_file"].read_text().splitlines()]
+    code_lines = [line for line in query_lines if line and not line.startswith("//")]
+    # The original lines, in the original order, with only the EventTime_t filter added.
+    assert [line for line in code_lines if "EventTime_t" not in line] == lines
+    assert (rule["queryFrequency"], rule["queryPeriod"]) == (frequency, period)
+    assert rule["severity"] == severity
+    assert (rule["tactics"], rule["techniques"]) == (tactics, techniques)
+
+
+def test_official_rules_keep_their_entity_mappings():
+    rules = rules_by_key()
+
+    def mappings(key: str) -> set[tuple[str, str, str]]:
+        return {
+            (mapping["entityType"], field["identifier"], field["columnName"])
+            for mapping in rules[key]["entityMappings"]
+            for field in mapping["fieldMappings"]
+        }
+
+    assert mappings("excessive-auth-failures") == {("IP", "Address", "SourceIP_s")}
+    for key in ("stack-deleted", "org-membership-change"):
+        assert mappings(key) == {("IP", "Address", "SourceIP_s"), ("Account", "Name", "UserLogin_s")}
+
+
+@pytest.mark.parametrize("key", sorted(rules_by_key()))
+def test_rule_entity_and_detail_columns_exist_in_the_query(key: str):
+    rule = rules_by_key()[key]
+    text = rule["query_file"].read_text()
+    available = set(COLUMN_NAMES) | im.kql_aliases(text)
+    used = [field["columnName"] for mapping in rule["entityMappings"] for field in mapping["fieldMappings"]]
+    used += list((rule["customDetails"] or {}).values())
+    missing = [column for column in used if column not in available]
+    assert not missing, f"{key} maps columns its query does not produce: {missing}"
+
+
+def test_burst_rule_documents_its_threshold():
+    rule = rules_by_key()["esc-environment-open-burst"]
+    threshold = re.search(r"let threshold = (\d+);", rule["query_file"].read_text())
+    assert threshold, "the burst rule keeps its threshold in `let threshold = N;`"
+    assert f"more than {threshold.group(1)} times" in rule["description"]
+
+
+def test_health_rule_description_states_its_silence_threshold():
+    rule = rules_by_key()[HEALTH_RULE]
+    silent_for = re.search(r"let silentFor = (\d+)m;", rule["query_file"].read_text())
+    assert silent_for, "the health rule keeps its threshold in `let silentFor = Nm;`"
+    assert f"{silent_for.group(1)} minutes" in rule["description"]
+
+
+def test_rule_schedules_look_back_at_least_as_far_as_they_run():
+    def minutes(duration: str) -> int:
+        match = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?", duration)
+        assert match, duration
+        days, hours, mins = (int(group or 0) for group in match.groups())
+        return days * 1440 + hours * 60 + mins
+
+    for rule in im.analytic_rules():
+        assert minutes(rule["queryPeriod"]) >= minutes(rule["queryFrequency"]), rule["key"]
+        assert minutes(rule["queryPeriod"]) <= 14 * 1440, rule["key"]
+
+
+def test_rules_are_conditional_and_depend_on_table_and_onboarding():
+    tree = workspace_tree()
+    ((_symbol, rules),) = im.resources_of_type(tree, "Microsoft.SecurityInsights/alertRules").items()
+    assert im.condition(rules) == "deployAnalyticRules"
+    table_symbol, _ = im.only_resource(tree, "Microsoft.OperationalInsights/workspaces/tables")
+    onboarding_symbol, onboarding = im.only_resource(tree, "Microsoft.SecurityInsights/onboardingStates")
+    assert im.condition(onboarding) == "onboardSentinel"
+    assert set(im.body(rules)["dependsOn"]) >= {table_symbol, onboarding_symbol}
+    assert im.body(rules)["kind"] == "Scheduled"
+
+
+def test_rule_and_onboarding_switches_default_to_rules_on_onboarding_off():
+    parameters = main_tree()["parameters"]
+    assert parameters["deployAnalyticRules"]["default"] is True
+    assert parameters["onboardSentinel"]["default"] is False
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity and role assignments
+# ----------------------------------------------------------------------------------------------
+
+
+def role_assignments() -> set[tuple[str, str]]:
+    tree = im.parse(im.ROLES_MODULE)
+    pairs = set()
+    for symbol, assignment in im.resources_of_type(tree, "Microsoft.Authorization/roleAssignments").items():
+        config = im.body(assignment)
+        scope = tree["resources"][config["scope"]]
+        assert scope["existing"], f"{symbol} must be scoped to a single resource"
+        role = config["properties"]["roleDefinitionId"]["function"]
+        assert role["type"] == "subscription_resource_id"
+        assert role["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions"
+        pairs.add((im.resolve(tree, role["parameters"]["resource_name_1"]), scope["type"]))
+    return pairs
+
+
+def test_role_assignments_are_exactly_the_intended_set():
+    assert role_assignments() == {
+        (MONITORING_METRICS_PUBLISHER, "Microsoft.Insights/dataCollectionRules"),
+        (STORAGE_BLOB_DATA_OWNER, "Microsoft.Storage/storageAccounts"),
+        (STORAGE_TABLE_DATA_CONTRIBUTOR, "Microsoft.Storage/storageAccounts"),
+        (KEY_VAULT_SECRETS_USER, "Microsoft.KeyVault/vaults"),
+        (MONITORING_METRICS_PUBLISHER, "Microsoft.Insights/components"),
+    }
+
+
+def test_no_role_assignment_outside_the_roles_module():
+    for path in im.bicep_files():
+        if path != im.ROLES_MODULE:
+            assert not im.resources_of_type(im.parse(path), "Microsoft.Authorization/roleAssignments"), path
+
+
+def test_role_assignments_go_to_the_managed_identity_as_service_principal():
+    tree = im.parse(im.ROLES_MODULE)
+    for assignment in im.resources_of_type(tree, "Microsoft.Authorization/roleAssignments").values():
+        properties = im.body(assignment)["properties"]
+        assert properties["principalId"] == "principalId"
+        assert properties["principalType"] == "ServicePrincipal"
+    params = main_tree()["modules"]["roles"]["config"]["params"]
+    assert im.accessor_path(params["principalId"]) == "identity.properties.principalId"
+    _, identity = im.only_resource(main_tree(), "Microsoft.ManagedIdentity/userAssignedIdentities")
+    assert not identity["existing"]
+
+
+def test_role_scopes_are_the_resources_main_creates():
+    params = main_tree()["modules"]["roles"]["config"]["params"]
+    assert {name: im.accessor_path(value) for name, value in params.items() if name != "principalId"} == {
+        "dcrName": "dcr.outputs.name",
+        "storageAccountName": "storage.name",
+        "keyVaultName": "keyVault.name",
+        "appInsightsName": "appInsights.name",
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Secrets: nothing key-based, nothing secret in outputs
+# ----------------------------------------------------------------------------------------------
+
+
+def secure_parameters() -> set[str]:
+    names = set()
+    for path in im.bicep_files():
+        for name, parameter in im.parse(path)["parameters"].items():
+            if any(decorator["type"] == "secure" for decorator in parameter["decorators"]):
+                names.add(name)
+    return names
+
+
+def test_token_parameter_is_secure_without_default():
+    parameter = main_tree()["parameters"]["pulumiAccessToken"]
+    assert {"type": "secure"} in parameter["decorators"]
+    assert parameter["default"] is None
+
+
+def test_token_parameter_is_used_only_as_the_key_vault_secret_value():
+    tree = main_tree()
+    users = [symbol for symbol, resource in tree["resources"].items() if "pulumiAccessToken" in im.strings_in(resource)]
+    assert users == ["tokenSecret"]
+    assert im.body(tree["resources"]["tokenSecret"])["properties"]["value"] == "pulumiAccessToken"
+
+
+def test_no_output_contains_a_secret():
+    secure = secure_parameters()
+    for path in im.bicep_files():
+        for name, output in (im.parse(path).get("outputs") or {}).items():
+            text = " ".join(im.strings_in(output["value"]))
+            assert not secure & set(im.strings_in(output["value"])), f"output {name} uses a secure parameter"
+            assert not any(param in text for param in secure), f"output {name} interpolates a secure parameter"
+            assert not re.search(r"listKeys|listSecrets|ConnectionString|AccountKey|\bvalue\b", text, re.I), name
+            assert not any(decorator["type"] == "secure" for decorator in output["decorators"]), name
+
+
+def test_no_key_based_access_anywhere_in_the_bicep():
+    for path in im.bicep_files():
+        text = path.read_text()
+        for needle in ("listKeys", "listAccountSas", "listServiceSas", "AccountKey=", "SharedAccessSignature="):
+            assert needle not in text, f"{path.name} uses {needle}"
+
+
+def test_storage_refuses_shared_keys_public_blobs_and_plain_http():
+    _, storage = im.only_resource(main_tree(), "Microsoft.Storage/storageAccounts")
+    properties = im.body(storage)["properties"]
+    assert properties["allowSharedKeyAccess"] is False
+    assert properties["allowBlobPublicAccess"] is False
+    assert properties["supportsHttpsTrafficOnly"] is True
+    assert properties["minimumTlsVersion"] == "TLS1_2"
+
+
+def test_storage_account_name_is_valid_for_azure():
+    tree = main_tree()
+    name = im.resolve(tree, im.body(tree["resources"]["storage"])["name"])["function"]
+    prefix = name["parameters"]["original_value"].replace("${suffix}", "")
+    assert im.resolve(tree, "suffix")["function"]["type"] == "unique_string"  # 13 lowercase letters/digits
+    assert re.fullmatch(r"[a-z0-9]+", prefix) and 3 <= len(prefix) + 13 <= 24
+
+
+def test_deployment_container_and_checkpoint_tables_exist_in_the_storage_account():
+    tree = main_tree()
+    _, container = im.only_resource(tree, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert im.body(container)["properties"]["publicAccess"] == "None"
+    tables = im.resources_of_type(tree, "Microsoft.Storage/storageAccounts/tableServices/tables")
+    names = {im.resolve(tree, im.body(table)["name"]) for table in tables.values()}
+    assert names == {SPEC_DEFAULTS["CHECKPOINT_TABLE_NAME"], SPEC_DEFAULTS["DEAD_LETTER_TABLE_NAME"]}
+
+
+def test_key_vault_uses_rbac_soft_delete_and_purge_protection():
+    _, vault = im.only_resource(main_tree(), "Microsoft.KeyVault/vaults")
+    properties = im.body(vault)["properties"]
+    assert properties["enableRbacAuthorization"] is True
+    assert properties["enableSoftDelete"] is True
+    assert properties["enablePurgeProtection"] is True
+    assert "accessPolicies" not in properties
+
+
+# ----------------------------------------------------------------------------------------------
+# Function App
+# ----------------------------------------------------------------------------------------------
+
+
+def site() -> dict:
+    _, resource = im.only_resource(main_tree(), "Microsoft.Web/sites")
+    return im.body(resource)
+
+
+def test_function_app_runs_python_311_on_flex_consumption():
+    _, plan = im.only_resource(main_tree(), "Microsoft.Web/serverfarms")
+    assert im.body(plan)["sku"] == {"tier": "FlexConsumption", "name": "FC1"}
+    config = site()["properties"]["functionAppConfig"]
+    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert site()["kind"] == "functionapp,linux"
+    assert im.accessor_path(site()["properties"]["serverFarmId"]) == "plan.id"
+
+
+def test_function_app_uses_the_user_assigned_identity_everywhere():
+    properties = site()["properties"]
+    identity = site()["identity"]
+    assert identity["type"] == "UserAssigned"
+    assert [im.unquote(key) for key in identity["userAssignedIdentities"]] == ["${identity.id}"]
+    assert im.accessor_path(properties["keyVaultReferenceIdentity"]) == "identity.id"
+    authentication = properties["functionAppConfig"]["deployment"]["storage"]["authentication"]
+    assert authentication["type"] == "UserAssignedIdentity"
+    assert im.accessor_path(authentication["userAssignedIdentityResourceId"]) == "identity.id"
+
+
+def test_function_app_is_https_only_without_ftp():
+    properties = site()["properties"]
+    assert properties["httpsOnly"] is True
+    assert properties["siteConfig"]["ftpsState"] == "Disabled"
+    assert properties["siteConfig"]["minTlsVersion"] == "1.2"
+
+
+def test_every_setting_the_code_reads_is_an_app_setting():
+    expected = {spec.name for spec in SETTING_SPECS} - LOCAL_ONLY_SETTINGS
+    missing = expected - set(im.app_settings())
+    assert not missing, f"app settings missing from the Function App: {sorted(missing)}"
+    assert "TIMER_SCHEDULE" in im.app_settings()
+
+
+def test_no_app_setting_is_unknown_to_the_code_or_the_host():
+    known = {spec.name for spec in SETTING_SPECS} | HOST_SETTINGS
+    unknown = set(im.app_settings()) - known
+    assert not unknown, f"app settings nothing reads: {sorted(unknown)}"
+    assert not LOCAL_ONLY_SETTINGS & set(im.app_settings())
+
+
+def test_no_app_setting_that_flex_consumption_rejects():
+    assert not FLEX_FORBIDDEN_SETTINGS & set(im.app_settings())
+
+
+def test_host_storage_is_identity_based():
+    settings = im.app_settings()
+    assert im.accessor_path(settings["AzureWebJobsStorage__accountName"]) == "storage.name"
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert im.accessor_path(settings["AzureWebJobsStorage__clientId"]) == "identity.properties.clientId"
+
+
+def test_no_app_setting_is_key_based():
+    for name, value in im.app_settings().items():
+        text = " ".join(im.strings_in(value))
+        assert not re.search(r"AccountKey|SharedAccessSignature|listKeys|UseDevelopmentStorage", text), name
+        assert "CONNECTION_STRING" not in name or name == "APPLICATIONINSIGHTS_CONNECTION_STRING", name
+
+
+def test_token_setting_is_an_unversioned_key_vault_reference():
+    value = im.app_settings()["PULUMI_ACCESS_TOKEN"]
+    assert value == "@Microsoft.KeyVault(SecretUri=${tokenSecret.properties.secretUri})"
+
+
+def test_app_settings_point_at_the_deployed_dcr_and_storage():
+    settings = im.app_settings()
+    dcr_symbol, _ = dcr_module_call()
+    assert im.accessor_path(settings["LOGS_INGESTION_ENDPOINT"]) == f"{dcr_symbol}.outputs.logsIngestionEndpoint"
+    assert im.accessor_path(settings["DCR_IMMUTABLE_ID"]) == f"{dcr_symbol}.outputs.immutableId"
+    assert im.accessor_path(settings["DCR_STREAM_NAME"]) == f"{dcr_symbol}.outputs.streamName"
+    assert im.accessor_path(settings["MANAGED_IDENTITY_CLIENT_ID"]) == "identity.properties.clientId"
+    assert im.accessor_path(settings["CHECKPOINT_TABLE_ENDPOINT"]) == "storage.properties.primaryEndpoints.table"
+    for name, table_symbol in (
+        ("CHECKPOINT_TABLE_NAME", "checkpointTable"),
+        ("DEAD_LETTER_TABLE_NAME", "deadLetterTable"),
+    ):
+        assert im.accessor_path(settings[name]) == f"{table_symbol}.name"
+
+
+def test_app_settings_pass_the_deployment_parameters():
+    settings = im.app_settings()
+    assert settings["PULUMI_ORGS"] == {
+        "function": {"type": "join", "parameters": {"input_array": "pulumiOrgs", "delimiter": ","}}
+    }
+    parameters = main_tree()["parameters"]
+    for name, parameter in (
+        ("PULUMI_API_URL", "pulumiApiUrl"),
+        ("TIMER_SCHEDULE", "timerSchedule"),
+        ("INITIAL_LOOKBACK", "initialLookback"),
+        ("LATE_EVENT_OVERLAP", "lateEventOverlap"),
+        ("RUN_TIME_BUDGET", "runTimeBudget"),
+    ):
+        assert settings[name] == parameter
+        assert parameter in parameters
+
+
+def test_parameter_defaults_are_values_the_code_accepts():
+    from shared.settings import parse_duration
+
+    parameters = main_tree()["parameters"]
+    assert len(parameters["timerSchedule"]["default"].split()) == 6
+    for name in ("initialLookback", "lateEventOverlap", "runTimeBudget"):
+        assert parse_duration(parameters[name]["default"]).total_seconds() > 0
+    assert parameters["pulumiApiUrl"]["default"] == SPEC_DEFAULTS["PULUMI_API_URL"]
+
+
+def test_app_insights_accepts_only_entra_id_telemetry():
+    _, component = im.only_resource(main_tree(), "Microsoft.Insights/components")
+    properties = im.body(component)["properties"]
+    assert properties["DisableLocalAuth"] is True
+    assert im.accessor_path(properties["WorkspaceResourceId"]) == "workspace.id"
+    settings = im.app_settings()
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == (
+        "ClientId=${identity.properties.clientId};Authorization=AAD"
+    )
+    assert im.accessor_path(settings["APPLICATIONINSIGHTS_CONNECTION_STRING"]) == (
+        "appInsights.properties.ConnectionString"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs and parameters file
+# ----------------------------------------------------------------------------------------------
+
+
+def test_outputs_give_everything_local_settings_and_publish_need():
+    outputs = main_tree()["outputs"]
+    for name in (
+        "functionAppName",
+        "LOGS_INGESTION_ENDPOINT",
+        "DCR_IMMUTABLE_ID",
+        "DCR_STREAM_NAME",
+        "CHECKPOINT_TABLE_ENDPOINT",
+        "CHECKPOINT_TABLE_NAME",
+        "DEAD_LETTER_TABLE_NAME",
+        "MANAGED_IDENTITY_CLIENT_ID",
+        "keyVaultName",
+        "pulumiTokenSecretName",
+    ):
+        assert name in outputs, f"missing output {name}"
+    settings = im.app_settings()
+    for name in (
+        "LOGS_INGESTION_ENDPOINT",
+        "DCR_IMMUTABLE_ID",
+        "CHECKPOINT_TABLE_ENDPOINT",
+        "MANAGED_IDENTITY_CLIENT_ID",
+    ):
+        assert outputs[name]["value"] == settings[name], f"output {name} differs from the app setting"
+
+
+def test_parameters_file_reads_the_token_from_the_environment():
+    text = (im.INFRA / "main.bicepparam").read_text()
+    assert re.search(r"^using '\./main\.bicep'$", text, re.M)
+    token_lines = [line for line in text.splitlines() if line.startswith("param pulumiAccessToken")]
+    assert token_lines == ["param pulumiAccessToken = readEnvironmentVariable('PULUMI_AUDIT_TOKEN')"]
+    assert not re.search(r"pul-[0-9a-f]{8,}", text)
+
+
+def test_parameters_file_sets_every_required_parameter():
+    text = (im.INFRA / "main.bicepparam").read_text()
+    set_params = set(re.findall(r"^param (\w+) =", text, re.M))
+    required = {name for name, parameter in main_tree()["parameters"].items() if parameter["default"] is None}
+    assert required <= set_params, f"main.bicepparam misses {sorted(required - set_params)}"
+    assert set_params <= set(main_tree()["parameters"])
+
+
+# ----------------------------------------------------------------------------------------------
+# checkov
+# ----------------------------------------------------------------------------------------------
+
+
+def checkov_binary() -> Path:
+    override = os.environ.get("CHECKOV_BIN")
+    return Path(override) if override else im.REPO_ROOT / ".venv-iac" / "bin" / "checkov"
+
+
+def checkov_missing_message(binary: Path) -> str:
+    return f"{binary} not found: run .ci/run (it creates the .venv-iac checkov environment)"
+
+
+def test_checkov_is_installed():
+    """In CI a missing checkov is a failure, never a silent skip."""
+    binary = checkov_binary()
+    if not binary.exists():
+        if os.environ.get("CI"):
+            pytest.fail(checkov_missing_message(binary))
+        pytest.skip(checkov_missing_message(binary))
+    assert os.access(binary, os.X_OK), f"{binary} is not executable"
+
+
+@pytest.fixture(scope="module")
+def checkov_summary() -> dict:
+    binary = checkov_binary()
+    if not binary.exists():
+        pytest.skip(checkov_missing_message(binary))
+    completed = subprocess.run(
+        [str(binary), "-d", "infra", "--framework", "bicep", "--skip-download", "-o", "json", "--quiet"],
+        cwd=im.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert completed.stdout.strip(), f"checkov printed nothing; stderr:\n{completed.stderr[-2000:]}"
+    report = json.loads(completed.stdout)
+    reports = report if isinstance(report, list) else [report]
+    (bicep,) = [item for item in reports if item.get("check_type") == "bicep"]
+    failed = [(check["check_id"], check["resource"]) for check in bicep["results"].get("failed_checks", [])]
+    return {**bicep["summary"], "failed_ids": failed, "returncode": completed.returncode}
+
+
+def test_checkov_finds_no_failed_checks(checkov_summary: dict):
+    assert checkov_summary["failed"] == 0, f"checkov failed checks: {checkov_summary['failed_ids']}"
+    assert checkov_summary["returncode"] == 0
+
+
+def test_checkov_parses_every_bicep_file(checkov_summary: dict):
+    assert checkov_summary["parsing_errors"] == 0
+    assert checkov_summary["passed"] > 0
+
+
+def test_every_checkov_suppression_has_a_reason_and_applies(checkov_summary: dict):
+    skips = []
+    for path in im.bicep_files():
+        skips += re.findall(r"checkov:skip=(CKV2?_AZURE_\d+)(:[^\n]*)?", path.read_text())
+    assert all(reason.strip(": ") for _, reason in skips), "every checkov:skip needs a reason"
+    # A suppression of a check that never runs on that resource would hide nothing: count must match.
+    assert checkov_summary["skipped"] == len(skips)
