@@ -122,6 +122,10 @@ class Collector:
         ) as error:
             report.status = "failed"
             report.error = str(error)
+        except Exception as error:  # one org's surprise must not stop the other orgs
+            log.exception("org=%s unexpected error", collection.org)
+            report.status = "failed"
+            report.error = f"unexpected {type(error).__name__}: {str(error)[:300]}"
         if cursor is not None:
             report.lag_seconds = cursor.lag_seconds(int(self.wall_clock()))
         return report

@@ -233,3 +233,11 @@ def test_a_backfill_leaves_the_live_checkpoint_alone_and_keeps_original_event_ti
     assert world.checkpoints.load(CursorKey.live("acme")) == (None, None)
     assert world.sink.rows[0]["EventTime_t"] == world.sink.rows[0]["TimeGenerated"]
     assert {row["Timestamp_d"] for row in world.sink.rows} == {old + index * 3600 for index in range(48)}
+
+
+def test_an_unexpected_error_in_one_org_is_reported_and_the_others_still_run(world):
+    world.source.add("good", event(NOW - 300))
+    world.source.failures["odd"] = KeyError("surprise")
+    reports = world.run(orgs=("odd", "good"))
+    assert reports[0].failed and reports[0].error == "unexpected KeyError: 'surprise'"
+    assert reports[1].status == "ok" and len(world.sink.rows) == 1
