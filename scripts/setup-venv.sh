@@ -24,6 +24,10 @@ fi
 stamp="$venv_dir/.installed-$(basename "$requirements")"
 wanted=$(cat "$requirements" requirements.txt 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-  "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  log="$venv_dir/pip-install.log"
+  if ! "$venv_dir/bin/python" -m pip install --disable-pip-version-check -r "$requirements" >"$log" 2>&1; then
+    cat "$log" >&2
+    exit 1
+  fi
   echo "$wanted" > "$stamp"
 fi

@@ -9,6 +9,7 @@ import time
 import pytest
 from azure.functions.timer import TimerRequest
 
+from shared.ingestion_sink import SinkUnavailable
 from shared.standins import simulate_events
 from tests.harness import MANAGED_IDENTITY_CLIENT_ID, PULUMI_TOKEN, expected_ids
 
@@ -185,3 +186,14 @@ def test_refused_rows_are_listed_and_replayed_from_the_dead_letter_store(deploym
     replay = deployment.run_cli("deadletter", "replay")
     assert replay.returncode == 0 and "replayed 1 of 1" in replay.stdout
     assert set(deployment.landed()) == expected_ids("acme", events) and deployment.dead_letters() == []
+
+
+def test_tls_trust_comes_from_requests_ca_bundle_for_every_outbound_call(deployment, monkeypatch):
+    seed(deployment, count=3)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    connector = deployment.connector()
+    [report] = connector.run_once()
+    assert report.failed and "SSLError" in report.error
+    with pytest.raises(SinkUnavailable, match="unreachable"):
+        connector.collector.sink.send([{"OrgName_s": "acme"}])
+    assert deployment.ingestion.rows == []
