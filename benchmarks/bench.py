@@ -29,7 +29,7 @@ from shared.pipeline import Collector, run_cycle
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Secret, load_settings
 from shared.standins import LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
-from shared.transform import content_digest, to_row
+from shared.transform import normalize
 from shared.wiring import ingestion_sink
 
 TOKEN = "pul-bench-token"
@@ -107,9 +107,8 @@ def transform_only(count: int) -> dict:
     cursor.open_window(now + 1, 0, 2 * 86400)
     started = time.perf_counter()
     for event in events:
-        digest = content_digest("acme", event)
-        occurrence = cursor.admit(digest, event["timestamp"])
-        to_row("acme", event, occurrence, catalog)
+        normalized = normalize("acme", event, catalog)
+        normalized.row(cursor.admit(normalized.identity, normalized.timestamp))
     seconds = time.perf_counter() - started
     return {"events": count, "seconds": round(seconds, 3), "events_per_second": round(count / seconds)}
 

@@ -84,6 +84,7 @@ def cursor_to_properties(cursor: Cursor) -> dict[str, Any]:
         "WindowEnd": cursor.window.end if cursor.window else None,
         "ContinuationToken": cursor.continuation_token,
         "LedgerEntries": len(cursor.ledger),
+        "WindowTokens": b"".join(sorted(cursor.window_tokens)) or None,
     }
     for index in range(0, len(packed), _CHUNK_BYTES):
         properties[f"Ledger{index // _CHUNK_BYTES}"] = packed[index : index + _CHUNK_BYTES]
@@ -102,6 +103,7 @@ def cursor_from_properties(properties: dict[str, Any]) -> Cursor:
         for offset in range(0, len(packed), _RECORD.size):
             timestamp, key, sent, seen = _RECORD.unpack_from(packed, offset)
             ledger[key] = LedgerEntry(timestamp=timestamp, sent=sent, seen_in_window=seen)
+        tokens = bytes(_value(properties.get("WindowTokens")) or b"")
         window = None
         if _value(properties.get("WindowStart")) is not None:
             window = Window(int(_value(properties["WindowStart"])), int(_value(properties["WindowEnd"])))
@@ -111,6 +113,9 @@ def cursor_from_properties(properties: dict[str, Any]) -> Cursor:
             window=window,
             continuation_token=_value(properties.get("ContinuationToken")) or None,
             ledger=ledger,
+            window_tokens={
+                tokens[offset : offset + DIGEST_KEY_BYTES] for offset in range(0, len(tokens), DIGEST_KEY_BYTES)
+            },
         )
     except (KeyError, TypeError, ValueError, struct.error) as error:
         raise CheckpointUnavailable(
@@ -209,7 +214,7 @@ class FileCheckpointStore:
         if record is None:
             return None, None
         properties = {
-            name: base64.b64decode(value) if name.startswith("Ledger") and name != "LedgerEntries" else value
+            name: base64.b64decode(value["base64"]) if isinstance(value, dict) else value
             for name, value in record["properties"].items()
         }
         return cursor_from_properties(properties), record["etag"]
@@ -222,7 +227,7 @@ class FileCheckpointStore:
                 f"checkpoint {key.kind}/{key.name} was changed by another run; this run stops here"
             )
         properties = {
-            name: base64.b64encode(value).decode() if isinstance(value, bytes) else value
+            name: {"base64": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
             for name, value in cursor_to_properties(cursor).items()
         }
         new_etag = uuid.uuid4().hex

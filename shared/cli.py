@@ -23,7 +23,7 @@ from shared.dead_letter import DeadLetterUnavailable
 from shared.pipeline import INVALID_EVENT_PREFIX, SETTLE_DELAY_SECONDS, CollectionReport, backfill_collection
 from shared.pulumi_source import SourceError
 from shared.settings import SettingsError, load_settings, parse_duration
-from shared.transform import InvalidEvent, content_digest, iso_utc, to_row
+from shared.transform import InvalidEvent, iso_utc, normalize
 
 
 class UsageError(ValueError):
@@ -184,9 +184,9 @@ def _preview(args: argparse.Namespace) -> int:
             page = source.fetch_page(org, since, until, token)
             for event in page.events:
                 try:
-                    digest = content_digest(org, event)
-                    occurrences[digest] = occurrences.get(digest, 0) + 1
-                    row = to_row(org, event, occurrences[digest], catalog).row
+                    normalized = normalize(org, event, catalog)
+                    occurrences[normalized.identity] = occurrences.get(normalized.identity, 0) + 1
+                    row = normalized.row(occurrences[normalized.identity])
                 except InvalidEvent as error:
                     print(f"warning: org {org!r}: {error}", file=sys.stderr)
                     continue

@@ -13,6 +13,7 @@ has seen: the n-th identical event is new only when n exceeds what was sent.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 # The ledger keys events by the first bytes of their content digest.
@@ -44,6 +45,9 @@ class Cursor:
     window: Window | None = None
     continuation_token: str | None = None
     ledger: dict[bytes, LedgerEntry] = field(default_factory=dict)
+    # Digests of the continuation tokens this window has handed out, kept across runs,
+    # so a token that comes back (a paging loop) is caught even after a restart.
+    window_tokens: set[bytes] = field(default_factory=set)
 
     @classmethod
     def starting_at(cls, watermark: int) -> Cursor:
@@ -57,16 +61,19 @@ class Cursor:
         if end <= self.watermark:
             return False
         self.window = Window(start=max(self.origin, self.watermark - overlap), end=end)
-        self.continuation_token = None
-        for entry in self.ledger.values():
-            entry.seen_in_window = 0
+        self.restart_window()
         return True
 
     def restart_window(self) -> None:
-        """Read the current window again from its first page (its token was refused)."""
+        """Read the current window from its first page (again, if its token was refused)."""
         self.continuation_token = None
+        self.window_tokens.clear()
         for entry in self.ledger.values():
             entry.seen_in_window = 0
+
+    def is_repeated_token(self, token: str) -> bool:
+        """Whether this window already handed out `token`: following it would read pages twice."""
+        return token_digest(token) in self.window_tokens
 
     def admit(self, digest: bytes, timestamp: int) -> int | None:
         """The occurrence number of this event if it is new, None if it was already sent."""
@@ -84,11 +91,13 @@ class Cursor:
         """Record a page as handled; the last page of a window moves the watermark."""
         if next_token:
             self.continuation_token = next_token
+            self.window_tokens.add(token_digest(next_token))
             return
         assert self.window is not None
         self.watermark = self.window.end
         self.window = None
         self.continuation_token = None
+        self.window_tokens.clear()
         horizon = self.watermark - overlap
         self.ledger = {key: entry for key, entry in self.ledger.items() if entry.timestamp >= horizon}
 
@@ -110,3 +119,7 @@ class Cursor:
 
     def lag_seconds(self, now: int) -> int:
         return max(0, now - self.watermark)
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "replace")).digest()[:DIGEST_KEY_BYTES]

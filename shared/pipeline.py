@@ -34,7 +34,7 @@ from shared.cursor import Cursor
 from shared.dead_letter import DeadLetterStore, DeadLetterUnavailable, RefusedRow
 from shared.ingestion_sink import SinkUnavailable
 from shared.pulumi_source import AuditPage, ContinuationTokenRejected, SourceError
-from shared.transform import InvalidEvent, content_digest, event_timestamp, to_row, truncate_visibly
+from shared.transform import InvalidEvent, normalize, raw_digest, truncate_visibly, valid_utf8
 
 log = logging.getLogger("shared.pipeline")
 
@@ -133,7 +133,6 @@ class Collector:
     def _advance(
         self, collection: Collection, cursor: Cursor, etag: str | None, report: CollectionReport, deadline: float | None
     ) -> None:
-        tokens_this_window: set[str] = set()
         token_restarted = False
         while True:
             if deadline is not None and self.monotonic() >= deadline:
@@ -143,7 +142,6 @@ class Collector:
             if cursor.window is None:
                 if not cursor.open_window(end_limit, self.overlap_seconds, collection.max_window_seconds):
                     return
-                tokens_this_window.clear()
                 token_restarted = False
             window = cursor.window
             try:
@@ -153,16 +151,11 @@ class Collector:
                     raise
                 token_restarted = True
                 cursor.restart_window()
-                tokens_this_window.clear()
                 continue
-            if page.next_token and (
-                page.next_token == cursor.continuation_token or page.next_token in tokens_this_window
-            ):
+            if page.next_token and cursor.is_repeated_token(page.next_token):
                 raise SourceError(
                     f"Pulumi API paging loops for org {collection.org!r}: a continuation token came back twice"
                 )
-            if page.next_token:
-                tokens_this_window.add(page.next_token)
             report.pages += 1
             report.fetched += len(page.events)
 
@@ -192,30 +185,27 @@ class Collector:
         invalid: list[RefusedRow] = []
         for event in page.events:
             try:
-                if not isinstance(event, dict):
-                    raise InvalidEvent(f"audit event is a {type(event).__name__}, not a JSON object")
-                timestamp = event_timestamp(event)
-                if not window.contains(timestamp):
-                    report.outside_window += 1
-                    continue
-                digest = content_digest(org, event)
-                occurrence = cursor.admit(digest, timestamp)
-                if occurrence is None:
-                    report.duplicates += 1
-                    continue
-                transformed = to_row(org, event, occurrence, self.catalog)
+                normalized = normalize(org, event, self.catalog)
             except InvalidEvent as error:
                 invalid.append(RefusedRow(invalid_event_row(org, event), f"invalid event: {error}"))
                 continue
-            if transformed.truncated_columns:
+            if not window.contains(normalized.timestamp):
+                report.outside_window += 1
+                continue
+            occurrence = cursor.admit(normalized.identity, normalized.timestamp)
+            if occurrence is None:
+                report.duplicates += 1
+                continue
+            row = normalized.row(occurrence)
+            if normalized.truncated_columns:
                 report.truncated_rows += 1
                 log.warning(
                     "org=%s event %s: truncated %s to 64 KB",
                     org,
-                    transformed.row["EventId_s"],
-                    ", ".join(transformed.truncated_columns),
+                    row["EventId_s"],
+                    ", ".join(normalized.truncated_columns),
                 )
-            rows.append(transformed.row)
+            rows.append(row)
         return rows, invalid
 
 
@@ -224,10 +214,10 @@ INVALID_EVENT_PREFIX = "invalid-"
 
 def invalid_event_row(org: str, event: Any) -> dict[str, Any]:
     """What we keep of an event that cannot become a row: its org and its raw JSON."""
-    raw = json.dumps(event, sort_keys=True, ensure_ascii=False, default=str)
+    raw = valid_utf8(json.dumps(event, sort_keys=True, ensure_ascii=False, default=str))
     return {
         "OrgName_s": org,
-        "EventId_s": INVALID_EVENT_PREFIX + content_digest(org, event).hex()[:32],
+        "EventId_s": INVALID_EVENT_PREFIX + raw_digest(org, event).hex()[:32],
         "RawEvent_s": truncate_visibly(raw),
     }
 

@@ -44,25 +44,54 @@ class InvalidEvent(ValueError):
     """The event cannot become a row; the message names the field and the problem."""
 
 
+# The fields that make an event what it is. Its identity leaves out what the API may
+# present differently between two reads of the same event: a field this version does not
+# know, the display-name form of the event type, the user's current name and avatar.
+_IDENTITY_COLUMNS = (
+    "Timestamp_d",
+    "Event_s",
+    "Description_s",
+    "SourceIP_s",
+    "UserLogin_s",
+    "TokenID_s",
+    "TokenName_s",
+    "ActorName_s",
+    "ActorUrn_s",
+    "RequireOrgAdmin_b",
+    "RequireStackAdmin_b",
+    "AuthFailure_b",
+)
+
+
 @dataclass(frozen=True)
-class TransformedEvent:
-    row: dict[str, Any]
+class NormalizedEvent:
+    """An event mapped to its row, waiting for its occurrence number to get an EventId_s."""
+
+    org: str
+    timestamp: int
+    identity: bytes
+    fields: dict[str, Any]
     truncated_columns: tuple[str, ...]
 
+    def row(self, occurrence: int) -> dict[str, Any]:
+        """The table row of the `occurrence`-th (1-based) event with this identity."""
+        values = {**self.fields, "EventId_s": event_id(self.identity, occurrence)}
+        return {name: values[name] for name in COLUMN_NAMES}
 
-def content_digest(org: str, event: Mapping[str, Any]) -> bytes:
-    """A digest of everything the API told us about the event, for identity and dedup."""
+
+def raw_digest(org: str, event: Any) -> bytes:
+    """A digest of exactly what the API sent, for events that cannot be normalized."""
     canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(f"{org}\n{canonical}".encode()).digest()
 
 
-def event_id(digest: bytes, occurrence: int) -> str:
-    """Deterministic id of the `occurrence`-th (1-based) event with this content.
+def event_id(identity: bytes, occurrence: int) -> str:
+    """Deterministic id of the `occurrence`-th (1-based) event with this identity.
 
-    The API has no event id. Two events that differ in any field differ in digest;
-    two identical events in the same second differ in occurrence.
+    The API has no event id. Two events that differ in any identity field differ in
+    identity; two identical events in the same second differ in occurrence.
     """
-    return hashlib.sha256(digest + occurrence.to_bytes(4, "big")).hexdigest()[:32]
+    return hashlib.sha256(identity + occurrence.to_bytes(4, "big")).hexdigest()[:32]
 
 
 def event_timestamp(event: Mapping[str, Any]) -> int:
@@ -89,8 +118,8 @@ def iso_utc(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def to_row(org: str, event: Mapping[str, Any], occurrence: int, catalog: EventCatalog) -> TransformedEvent:
-    """The table row for an event; `occurrence` numbers identical events (1-based)."""
+def normalize(org: str, event: Any, catalog: EventCatalog) -> NormalizedEvent:
+    """Map an event to its row fields and its identity; raise InvalidEvent if it has no time or type."""
     if not isinstance(event, Mapping):
         raise InvalidEvent(f"audit event is a {type(event).__name__}, not a JSON object")
     seconds = event_timestamp(event)
@@ -103,30 +132,46 @@ def to_row(org: str, event: Mapping[str, Any], occurrence: int, catalog: EventCa
         user = {"name": user} if user not in (None, "") else {}
     time_text = iso_utc(seconds)
 
-    row: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "TimeGenerated": time_text,
         "Timestamp_d": seconds,
         "Event_s": event_type,
         "OrgName_s": org,
-        "EventId_s": event_id(content_digest(org, event), occurrence),
         "Product_s": catalog.product(event_type),
         "Category_s": catalog.category(event_type),
         "EventTime_t": time_text,
         "RawEvent_s": json.dumps(event, sort_keys=True, ensure_ascii=False, default=str),
     }
-    row.update({column: _text(event.get(field)) for column, field in _STRING_FIELDS.items()})
-    row.update({column: _text(user.get(field)) for column, field in _USER_FIELDS.items()})
-    row.update({column: _flag(event.get(field)) for column, field in _BOOLEAN_FIELDS.items()})
+    fields.update({column: _text(event.get(field)) for column, field in _STRING_FIELDS.items()})
+    fields.update({column: _text(user.get(field)) for column, field in _USER_FIELDS.items()})
+    fields.update({column: _flag(event.get(field)) for column, field in _BOOLEAN_FIELDS.items()})
 
     truncated = []
-    for column, value in row.items():
+    for column, value in fields.items():
         if isinstance(value, str):
-            clean = value.encode("utf-8", "replace").decode("utf-8")
+            clean = valid_utf8(value)
             cut = truncate_visibly(clean)
             if cut != clean:
                 truncated.append(column)
-            row[column] = cut
-    return TransformedEvent(row={name: row[name] for name in COLUMN_NAMES}, truncated_columns=tuple(truncated))
+            fields[column] = cut
+    identity_text = json.dumps([org] + [fields[column] for column in _IDENTITY_COLUMNS], ensure_ascii=True)
+    return NormalizedEvent(
+        org=org,
+        timestamp=seconds,
+        identity=hashlib.sha256(identity_text.encode()).digest(),
+        fields=fields,
+        truncated_columns=tuple(truncated),
+    )
+
+
+def to_row(org: str, event: Any, occurrence: int, catalog: EventCatalog) -> dict[str, Any]:
+    """The table row of an event; `occurrence` numbers identical events (1-based)."""
+    return normalize(org, event, catalog).row(occurrence)
+
+
+def valid_utf8(text: str) -> str:
+    """`text` with anything UTF-8 cannot encode (lone surrogates) replaced."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def truncate_visibly(text: str, limit: int = MAX_FIELD_BYTES) -> str:

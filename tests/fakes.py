@@ -25,6 +25,7 @@ class FakeAuditSource:
         self.failures: dict[str, Exception] = {}
         self.reject_tokens = False
         self.loop_tokens = False
+        self.loop_back_at_offset: int | None = None  # the page at this offset points back to the second page
 
     def add(self, org: str, *events: dict[str, Any]) -> None:
         self.events.setdefault(org, []).extend(events)
@@ -43,6 +44,8 @@ class FakeAuditSource:
         more = offset + self.page_size < len(matching)
         if self.loop_tokens and continuation_token:
             return AuditPage(events=page, next_token=continuation_token)
+        if self.loop_back_at_offset == offset:
+            return AuditPage(events=page, next_token=f"{org}:{self.page_size}")
         return AuditPage(events=page, next_token=f"{org}:{offset + self.page_size}" if more else None)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from shared.catalog import default_catalog
 from shared.schema import COLUMN_NAMES, COLUMNS, MAX_FIELD_BYTES
-from shared.transform import InvalidEvent, content_digest, event_id, to_row
+from shared.transform import InvalidEvent, normalize, to_row
 
 CATALOG = default_catalog()
 EVENT = {
@@ -23,7 +23,7 @@ EVENT = {
 
 
 def row_of(event: dict, org: str = "acme", occurrence: int = 1) -> dict:
-    return to_row(org, event, occurrence, CATALOG).row
+    return to_row(org, event, occurrence, CATALOG)
 
 
 def test_the_row_has_exactly_the_schema_columns_in_order():
@@ -107,7 +107,7 @@ def test_identical_events_differ_by_occurrence():
 
 
 def test_the_same_event_in_two_orgs_gets_two_ids():
-    assert event_id(content_digest("a", EVENT), 1) != event_id(content_digest("b", EVENT), 1)
+    assert row_of(EVENT, org="a")["EventId_s"] != row_of(EVENT, org="b")["EventId_s"]
 
 
 @pytest.mark.parametrize("timestamp", ["1756400000", 1756400000123, 1756400000.9, " 1756400000 "])
@@ -137,15 +137,15 @@ def test_wrong_types_in_text_fields_are_kept_as_text():
 
 
 def test_an_over_long_value_is_truncated_visibly_under_the_field_limit():
-    transformed = to_row("acme", {**EVENT, "description": "x" * 100_000}, 1, CATALOG)
-    description = transformed.row["Description_s"]
+    normalized = normalize("acme", {**EVENT, "description": "x" * 100_000}, CATALOG)
+    description = normalized.row(1)["Description_s"]
     assert len(description.encode()) <= MAX_FIELD_BYTES
     assert description.endswith("[truncated by connector: 100000 bytes, limit 64000]")
-    assert set(transformed.truncated_columns) == {"Description_s", "RawEvent_s"}
+    assert set(normalized.truncated_columns) == {"Description_s", "RawEvent_s"}
 
 
 def test_multibyte_text_is_never_cut_inside_a_character():
-    description = to_row("acme", {**EVENT, "description": "é🙂" * 30_000}, 1, CATALOG).row["Description_s"]
+    description = row_of({**EVENT, "description": "é🙂" * 30_000})["Description_s"]
     assert len(description.encode("utf-8")) <= MAX_FIELD_BYTES
     description.encode("utf-8")  # would raise on a broken surrogate
 
@@ -159,3 +159,17 @@ def test_lone_surrogates_are_replaced_so_the_row_is_valid_utf8():
     row = row_of({**EVENT, "description": "bad \ud800 half"})
     row["Description_s"].encode("utf-8")
     assert row["Description_s"] == "bad ? half"
+
+
+@pytest.mark.parametrize(
+    "presented_differently",
+    [
+        {**EVENT, "newField": "added by a later API version"},
+        {**EVENT, "event": "Stack Deleted"},
+        {**EVENT, "user": {**EVENT["user"], "name": "Alex R.", "avatarUrl": "https://example.test/new.png"}},
+        {**EVENT, "timestamp": str(EVENT["timestamp"] * 1000)},
+    ],
+    ids=["a-new-field", "display-name-form", "renamed-user-new-avatar", "milliseconds-as-text"],
+)
+def test_the_id_survives_the_api_presenting_the_same_event_differently(presented_differently):
+    assert row_of(presented_differently)["EventId_s"] == row_of(EVENT)["EventId_s"]
