@@ -22,7 +22,7 @@ from shared.cursor import Cursor
 from shared.dead_letter import DeadLetterUnavailable
 from shared.pipeline import INVALID_EVENT_PREFIX, SETTLE_DELAY_SECONDS, CollectionReport, backfill_collection
 from shared.pulumi_source import SourceError
-from shared.settings import SettingsError, load_settings, parse_duration
+from shared.settings import SettingsError, load_settings, org_name_problem, parse_duration
 from shared.transform import InvalidEvent, iso_utc, normalize
 
 
@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     try:
+        _check_org_options(args)
         return _dispatch(args)
     except (SettingsError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -129,22 +130,19 @@ def _finish(reports: list[CollectionReport]) -> int:
     return 0
 
 
-def _orgs(requested: list[str] | None, configured: tuple[str, ...]) -> tuple[str, ...]:
-    if not requested:
-        return configured
-    from shared.settings import org_name_problem
-
-    for org in requested:
+def _check_org_options(args: argparse.Namespace) -> None:
+    """Every --org names a Pulumi org, so it can never change a request path or a table key."""
+    given = getattr(args, "org", None)
+    for org in [given] if isinstance(given, str) else given or []:
         if problem := org_name_problem(org):
             raise UsageError(f"--org: {problem}")
-    return tuple(requested)
 
 
 def _backfill(connector, args: argparse.Namespace) -> int:
     now = int(time.time())
     since = parse_time(args.since, now)
     reports = []
-    for org in _orgs(args.org, connector.settings.source.orgs):
+    for org in args.org or connector.settings.source.orgs:
         until = parse_time(args.until, now) if args.until else _live_origin(connector.collector.checkpoints, org, now)
         if until <= since:
             raise UsageError(f"backfill of org {org!r}: --until ({iso_utc(until)}) is not after --since")
@@ -178,7 +176,7 @@ def _preview(args: argparse.Namespace) -> int:
     until = parse_time(args.until, now) if args.until else now
     source = PulumiAuditSource(settings.pulumi_api_url, settings.pulumi_token)
     catalog = default_catalog()
-    for org in _orgs(args.org, settings.orgs):
+    for org in args.org or settings.orgs:
         printed, token, occurrences = 0, None, {}
         while printed < args.limit:
             page = source.fetch_page(org, since, until, token)
@@ -240,7 +238,7 @@ def _checkpoint(args: argparse.Namespace) -> int:
                 )
             )
         return 0
-    key = CursorKey.live(_orgs([args.org], ())[0])
+    key = CursorKey.live(args.org)
     if args.to is None:
         checkpoints.delete(key)
         print(f"checkpoint of org {args.org!r} removed; the next run starts INITIAL_LOOKBACK back")

@@ -16,8 +16,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-# The ledger keys events by the first bytes of their content digest.
+# The ledger keys events by the first bytes of their identity digest.
 DIGEST_KEY_BYTES = 8
+# A window opens only for at least this much new time: a sliver would re-read the whole
+# overlap for nothing. Well under the one-minute timer period.
+MIN_NEW_SECONDS = 30
 
 
 @dataclass
@@ -58,7 +61,7 @@ class Cursor:
         if self.window is not None:
             return True
         end = min(end_limit, self.watermark + max_span)
-        if end <= self.watermark:
+        if end - self.watermark < MIN_NEW_SECONDS:
             return False
         self.window = Window(start=max(self.origin, self.watermark - overlap), end=end)
         self.restart_window()

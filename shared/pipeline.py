@@ -133,12 +133,14 @@ class Collector:
     def _advance(
         self, collection: Collection, cursor: Cursor, etag: str | None, report: CollectionReport, deadline: float | None
     ) -> None:
+        # Fixed for the run, so a run never opens a sliver of a window just because the clock
+        # ticked while it worked; that would only re-read the overlap.
+        end_limit = collection.end_limit(int(self.wall_clock()))
         token_restarted = False
         while True:
             if deadline is not None and self.monotonic() >= deadline:
                 report.status = "stopped"
                 return
-            end_limit = collection.end_limit(int(self.wall_clock()))
             if cursor.window is None:
                 if not cursor.open_window(end_limit, self.overlap_seconds, collection.max_window_seconds):
                     return
@@ -153,6 +155,10 @@ class Collector:
                 cursor.restart_window()
                 continue
             if page.next_token and cursor.is_repeated_token(page.next_token):
+                # The saved token chain can't be trusted: the next run reads the window from its
+                # first page again, and the ledger drops what was already sent.
+                cursor.restart_window()
+                self._save(collection, cursor, etag)
                 raise SourceError(
                     f"Pulumi API paging loops for org {collection.org!r}: a continuation token came back twice"
                 )
@@ -173,9 +179,13 @@ class Collector:
             dropped = cursor.trim_ledger(MAX_LEDGER_ENTRIES, self.overlap_seconds)
             if dropped:
                 log.warning("org=%s dedup ledger full: forgot %d old entries", collection.org, dropped)
-            etag = self.checkpoints.save(collection.key, cursor, etag)
-            for callback in self.progress:
-                callback(cursor)
+            etag = self._save(collection, cursor, etag)
+
+    def _save(self, collection: Collection, cursor: Cursor, etag: str | None) -> str:
+        etag = self.checkpoints.save(collection.key, cursor, etag)
+        for callback in self.progress:
+            callback(cursor)
+        return etag
 
     def _rows_of_page(
         self, org: str, cursor: Cursor, page: AuditPage, report: CollectionReport

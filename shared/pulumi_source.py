@@ -158,7 +158,7 @@ def _error_message(body: bytes) -> str:
 def _parse_page(org: str, body: bytes, content_type: str) -> AuditPage:
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         kind = content_type.split(";")[0] or "no content type"
         raise SourceError(
             f"Pulumi API answered 200 for org {org!r} with a body that is not valid JSON ({kind}, {len(body)} bytes)"

@@ -197,7 +197,7 @@ def is_loopback_host(host: str | None) -> bool:
 
 def org_name_problem(org: str) -> str | None:
     """Why `org` cannot be a Pulumi org name (it would change the request path), or None."""
-    if not _ORG_NAME.match(org) or ".." in org:
+    if not _ORG_NAME.fullmatch(org) or ".." in org:
         return (
             f"{org!r} is not a Pulumi organization name "
             "(letters, digits, '-', '_' and '.' only; no '/', '%', '..', spaces or control characters)"

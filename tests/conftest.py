@@ -274,3 +274,33 @@ def deployment(pulumi_api, ingestion, managed_identity, azurite, table_name):
 
     ingestion.expected_token = managed_identity.access_token
     return Deployment(pulumi_api, ingestion, managed_identity, azurite.connection_string, table_name)
+
+
+# -- fault matrix ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def world(deployment, no_real_sleep):
+    """A deployment whose secrets are canaries, a controllable clock and checkpoint probes
+    (tests/invariants.py)."""
+    from tests.invariants import CANARY_MONITOR_TOKEN, CANARY_PULUMI_TOKEN, World
+
+    deployment.extra["PULUMI_ACCESS_TOKEN"] = CANARY_PULUMI_TOKEN
+    deployment.pulumi_api.expected_token = CANARY_PULUMI_TOKEN
+    deployment.managed_identity.access_token = CANARY_MONITOR_TOKEN
+    deployment.ingestion.expected_token = CANARY_MONITOR_TOKEN
+    return World(deployment, no_real_sleep)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the fault matrix figures and write them to docs/fault-matrix-latest.md."""
+    from tests.invariants import FIGURES
+
+    if not FIGURES.rows:
+        return
+    command = " ".join(["pytest", *map(str, config.invocation_params.args)])
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / "fault-matrix-latest.md").write_text(FIGURES.document(command), encoding="utf-8")
+    terminalreporter.section("fault matrix figures (also in docs/fault-matrix-latest.md)")
+    for line in FIGURES.render().splitlines():
+        terminalreporter.write_line(line)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from azure.data.tables import TableClient
 
+from shared.catalog import default_catalog
 from shared.checkpoint_store import CursorKey, TableCheckpointStore
 from shared.cursor import Cursor
 from shared.dead_letter import DeadLetter, TableDeadLetterStore
 from shared.standins import LogsIngestionStandIn, ManagedIdentityEndpointStandIn, PulumiAuditApiStandIn
-from shared.transform import content_digest, event_id
+from shared.transform import normalize
 from shared.wiring import Connector, connector_from_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,4 +85,17 @@ class Deployment:
 
 def expected_ids(org: str, events: list[dict]) -> set[str]:
     """The EventId_s of distinct source events (occurrence 1 each)."""
-    return {event_id(content_digest(org, event), 1) for event in events}
+    return {normalize(org, event, default_catalog()).row(1)["EventId_s"] for event in events}
+
+
+def start_cli(deployment: Deployment, *args: str) -> subprocess.Popen:
+    """`python -m shared ...` started in the background, so a test can kill it mid-run."""
+    environ = {**os.environ, **deployment.managed_identity.env(), **deployment.environ}
+    return subprocess.Popen(
+        [sys.executable, "-m", "shared", *args],
+        cwd=REPO_ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

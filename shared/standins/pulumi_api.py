@@ -11,6 +11,9 @@ It behaves the way a careful client has to assume the real service may behave:
 * A pagination sees the org's events as they were when its first page was served. Events
   added later (late arrivals, via `add_events`) show up in the next query, never halfway
   through a running pagination.
+* `present_events(transform)` changes how events look on the wire (a timestamp as a string
+  or in milliseconds, a display-name event, a field the API added), while the time filter and
+  paging keep using the stored event.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import random
 import re
 import ssl
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -63,6 +66,7 @@ class PulumiAuditApiStandIn(StandInServer):
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._events_lock = threading.Lock()
         self._order_cache: dict[tuple, list[dict[str, Any]]] = {}
+        self._presentation: Callable[[dict[str, Any]], Any] | None = None
         self._token_key = os.urandom(16)
         super().__init__(ssl_context=ssl_context, host=host, port=port)
 
@@ -87,6 +91,19 @@ class PulumiAuditApiStandIn(StandInServer):
         """Copies of every event stored for `org`, in the order they were added."""
         with self._events_lock:
             return copy.deepcopy(self._events.get(org, []))
+
+    def present_events(self, transform: Callable[[dict[str, Any]], Any] | None) -> None:
+        """Serve every event as `transform(copy of the stored event)` from now on; the result may
+        be any JSON value. Filtering by time and paging still use the stored event. None serves
+        events as stored again."""
+        with self._events_lock:
+            self._presentation = transform
+
+    def presented(self, event: Mapping[str, Any]) -> Any:
+        """How `event` is served right now."""
+        with self._events_lock:
+            transform = self._presentation
+        return transform(copy.deepcopy(dict(event))) if transform else copy.deepcopy(dict(event))
 
     @property
     def orgs(self) -> list[str]:
@@ -149,6 +166,10 @@ class PulumiAuditApiStandIn(StandInServer):
         else:
             next_token = None
 
+        with self._events_lock:
+            transform = self._presentation
+        if transform is not None:
+            page = [transform(copy.deepcopy(event)) for event in page]
         payload: dict[str, Any] = {"auditLogEvents": page}
         if next_token is not None:
             payload["continuationToken"] = next_token

@@ -9,6 +9,7 @@ Example::
     api.faults.add(Fault.respond(429, headers={"Retry-After": "2"}, times=2))
     api.faults.add(Fault.reset(match=3))                      # the 3rd request to this server
     api.faults.add(Fault.delay(5, match=lambda r: "continuationToken" in r.query))
+    ingestion.faults.add(Fault.hold_response(30))            # accept the rows, answer 30 s later
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class RecordedRequest:
     uncompressed_size: int | None = None
     row_count: int | None = None
     error_code: str | None = None
+    handled: bool = False  # the stand-in processed the request (e.g. accepted its rows)
+    response_bytes: int = 0  # body bytes handed to the socket, counted as they are written
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Fault:
             "large_body",  # 200 with a body of `size` bytes, streamed
             "empty_page_with_token",  # Pulumi: no events, but a continuation token (same position)
             "repeated_token",  # Pulumi: the page's token equals the request's token
+            "hold_response",  # process the request normally (rows are accepted), answer `seconds` later
         }
     )
 
@@ -160,6 +164,13 @@ class Fault:
     @classmethod
     def delay(cls, seconds: float, *, match: Matcher = None, times: int | None = 1) -> Fault:
         return cls("delay", match, times, seconds=float(seconds))
+
+    @classmethod
+    def hold_response(cls, seconds: float, *, match: Matcher = None, times: int | None = 1) -> Fault:
+        """Process the request as usual (Logs Ingestion accepts and keeps the rows), then hold
+        the answer back `seconds`: the client sees a slow service that has already done the work.
+        If the stand-in closes first, the answer is never sent."""
+        return cls("hold_response", match, times, seconds=float(seconds))
 
     @classmethod
     def truncated_json(
@@ -432,6 +443,10 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as error:  # a bug in a stand-in or a test's predicate: answer, don't hang
             standin._record_error(error)
             response = standin.error_response(500, f"stand-in error: {type(error).__name__}: {error}")
+        record.handled = True
+        if fault is not None and fault.kind == "hold_response" and standin._stopping.wait(fault.seconds):
+            self.close_connection = True
+            return
         if fault is not None and fault.kind == "truncated_json":
             self._write_truncated(response, fault, record)
         else:
@@ -454,6 +469,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if response.body and response.status not in (204, 304):
                 self.wfile.write(response.body)
+                record.response_bytes += len(response.body)
         except _NETWORK_ERRORS:
             self.close_connection = True
 
@@ -473,6 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self.end_headers()
             self.wfile.write(cut)
+            record.response_bytes += len(cut)
         except _NETWORK_ERRORS:
             self.close_connection = True
 
@@ -498,6 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
                 else:
                     self.wfile.write(piece)
+                record.response_bytes += len(piece)
                 remaining -= len(piece)
                 piece = b""
             if fault.chunked and remaining == 0:

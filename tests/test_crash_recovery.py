@@ -1,0 +1,186 @@
+"""Process death: a real `python -m shared run` is killed with SIGKILL at each step boundary of a
+page (see shared/pipeline.py), then run again. Nothing may be lost; a copy may land twice only
+when the kill came after the upload and before the checkpoint write, and then with the same
+EventId_s.
+
+The kill is timed with a stand-in that holds one chosen request back (an Event wait, no sleep):
+the test kills the child as soon as that request has arrived.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from shared.standins import Fault
+from tests.harness import start_cli
+from tests.invariants import (
+    CANARY_MONITOR_TOKEN,
+    CANARY_PULUMI_TOKEN,
+    World,
+    record_figures,
+    wait_until,
+)
+
+HOLD = 30  # seconds a held request waits; far longer than any test, never actually waited out
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    name: str
+    arrange: Callable[[World], None]
+    reached: Callable[[World], bool]
+    duplicates: bool  # whether copies with the same EventId_s may land
+    checks: Callable[[World], None] = lambda world: None  # what must hold at the moment of the kill
+
+
+def hold_the_identity_token(w: World) -> None:
+    # The managed-identity token is fetched lazily, by the first upload: holding it stops the
+    # run after the first page was fetched and transformed, before any row was sent.
+    w.seed()
+    w.managed_identity.faults.add(Fault.delay(HOLD, match=1))
+
+
+def hold_the_first_upload(w: World) -> None:
+    w.seed()
+    w.ingestion.faults.add(Fault.delay(HOLD, match=1))
+
+
+def hold_the_second_batch(w: World) -> None:
+    # One page of 25 rows of ~90 KB each: three requests under the 1 MB limit.
+    w.api.page_size = 25
+    w.add(w.event(w.now - 2000 + i, description=f"Policy pack {i}: " + "p" * 45_000) for i in range(25))
+    w.ingestion.faults.add(Fault.delay(HOLD, match=2))
+
+
+def accept_the_first_upload_but_hold_the_answer(w: World) -> None:
+    w.seed()
+    w.ingestion.faults.add(Fault.hold_response(HOLD, match=1))
+
+
+def hold_the_second_page(w: World) -> None:
+    w.seed()
+    w.api.faults.add(Fault.delay(HOLD, match=2))
+
+
+def hold_the_second_org(w: World) -> None:
+    w.deployment.orgs = ("acme", "globex")
+    w.seed(org="acme")
+    w.seed(org="globex", seed=2)
+    w.api.faults.add(Fault.delay(HOLD, match=lambda request: "/globex/" in request.path))
+
+
+def nothing_sent_yet(w: World) -> None:
+    assert w.api.request_count >= 1 and w.ingestion.request_count == 0
+    assert w.deployment.checkpoint() is None
+
+
+def first_page_checkpointed(w: World) -> None:
+    cursor = w.deployment.checkpoint()
+    assert cursor is not None and cursor.continuation_token, "killed mid-window, after page 1 was saved"
+    assert len(w.rows()) == 10
+
+
+def first_org_caught_up(w: World) -> None:
+    cursor = w.deployment.checkpoint("acme")
+    assert cursor is not None and cursor.window is None and w.deployment.checkpoint("globex") is None
+
+
+KILL_POINTS = [
+    KillPoint(
+        "after-fetch-before-upload",
+        hold_the_identity_token,
+        lambda w: w.managed_identity.request_count >= 1,
+        duplicates=False,
+        checks=nothing_sent_yet,
+    ),
+    KillPoint(
+        "during-upload",
+        hold_the_first_upload,
+        lambda w: w.ingestion.request_count >= 1,
+        duplicates=False,
+        checks=lambda w: w.rows() == [] and w.deployment.checkpoint() is None,
+    ),
+    KillPoint(
+        "during-upload-after-the-first-batch-landed",
+        hold_the_second_batch,
+        lambda w: w.ingestion.request_count >= 2,
+        duplicates=True,
+        checks=lambda w: len(w.rows()) > 0 and w.deployment.checkpoint() is None,
+    ),
+    KillPoint(
+        "after-upload-before-the-checkpoint-write",
+        accept_the_first_upload_but_hold_the_answer,
+        lambda w: bool(w.ingestion.requests) and w.ingestion.requests[0].handled,
+        duplicates=True,
+        checks=lambda w: len(w.rows()) == 10 and w.deployment.checkpoint() is None,
+    ),
+    KillPoint(
+        "after-a-checkpoint-write-mid-window",
+        hold_the_second_page,
+        lambda w: w.api.request_count >= 2,
+        duplicates=False,
+        checks=first_page_checkpointed,
+    ),
+    KillPoint(
+        "after-the-first-org-was-checkpointed",
+        hold_the_second_org,
+        lambda w: any("/globex/" in request.path for request in w.api.requests),
+        duplicates=False,
+        checks=first_org_caught_up,
+    ),
+]
+
+
+def kill_mid_run(w: World, point: KillPoint) -> str:
+    """Start `python -m shared run`, SIGKILL it when the kill point is reached; its output."""
+    process = start_cli(w.deployment, "run")
+    try:
+        wait_until(lambda: point.reached(w) or process.poll() is not None, timeout=30, what=point.name)
+        assert process.poll() is None, f"the run ended before {point.name}: {process.communicate()}"
+        process.send_signal(signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    return stdout + stderr
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("point", KILL_POINTS, ids=[point.name for point in KILL_POINTS])
+def test_a_run_killed_mid_way_loses_nothing_when_run_again(point: KillPoint, world: World):
+    point.arrange(world)
+    output = kill_mid_run(world, point)
+    point.checks(world)
+    killed_at = {org: world.deployment.checkpoint(org) for org in world.orgs}
+    for faults in (world.api.faults, world.ingestion.faults, world.managed_identity.faults):
+        faults.clear()
+
+    rerun = world.deployment.run_cli("run")
+    output += rerun.stdout + rerun.stderr
+    accounting = world.accounting()
+    record_figures(
+        f"crash: killed {point.name.replace('-', ' ')}",
+        accounting,
+        len(world.stored_dead_letters()),
+        ["SIGKILL", str(rerun.returncode)],
+        "duplicates allowed: killed after rows were accepted, before the checkpoint" if point.duplicates else "",
+        "allowed" if point.duplicates else "clean",
+    )
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert accounting.lost == 0 and accounting.phantoms == 0
+    assert accounting.new_id_duplicates == 0, "a copy landed under another EventId_s than its twin"
+    if point.duplicates:
+        assert accounting.same_id_duplicates > 0, "the kill point was meant to leave accepted rows unsaved"
+    else:
+        assert accounting.same_id_duplicates == 0
+    for org, before in killed_at.items():
+        after = world.deployment.checkpoint(org)
+        assert after.window is None and (before is None or after.watermark >= before.watermark)
+    assert CANARY_PULUMI_TOKEN not in output and CANARY_MONITOR_TOKEN not in output
