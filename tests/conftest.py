@@ -293,14 +293,15 @@ def world(deployment, no_real_sleep):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Print the fault matrix figures and write them to docs/fault-matrix-latest.md."""
+    """Print the fault matrix figures and write them to test-results/fault-matrix-latest.md."""
     from tests.invariants import FIGURES
 
     if not FIGURES.rows:
         return
     command = " ".join(["pytest", *map(str, config.invocation_params.args)])
-    (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "fault-matrix-latest.md").write_text(FIGURES.document(command), encoding="utf-8")
-    terminalreporter.section("fault matrix figures (also in docs/fault-matrix-latest.md)")
+    results = ROOT / "test-results"
+    results.mkdir(exist_ok=True)
+    (results / "fault-matrix-latest.md").write_text(FIGURES.document(command), encoding="utf-8")
+    terminalreporter.section("fault matrix figures (also in test-results/fault-matrix-latest.md)")
     for line in FIGURES.render().splitlines():
         terminalreporter.write_line(line)

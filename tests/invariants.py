@@ -10,7 +10,7 @@ The invariants, checked after every scenario (and the checkpoint ones at every s
 4. a refused row ends up in the durable dead-letter store (Table Storage), never nowhere.
 
 `FIGURES` collects one line per scenario; the suite prints it and writes
-docs/fault-matrix-latest.md at the end of the run (see `pytest_terminal_summary` in conftest).
+test-results/fault-matrix-latest.md at the end of the run (see `pytest_terminal_summary` in conftest).
 """
 
 from __future__ import annotations

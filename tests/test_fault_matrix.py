@@ -2,7 +2,7 @@
 (Azurite), runs poll cycles through the real connector, asserts what is specific to the
 fault, and then the four invariants of tests/invariants.py.
 
-Each scenario's docstring is its specification. Figures: docs/fault-matrix-latest.md.
+Each scenario's docstring is its specification. Figures: test-results/fault-matrix-latest.md.
 """
 
 from __future__ import annotations
