@@ -8,10 +8,6 @@ was read, so two overlapping runs cannot both advance the same cursor.
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
-import os
-import re
 import struct
 import uuid
 from collections.abc import Iterator
@@ -30,6 +26,7 @@ from azure.core.exceptions import (
 from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 
 from shared.cursor import DIGEST_KEY_BYTES, Cursor, LedgerEntry, Window
+from shared.storage import JsonFile, TableOnFirstUse, describe_azure_error
 
 # A ledger record: timestamp (u32), digest key (8 bytes), sent (u16), seen in window (u16).
 _RECORD = struct.Struct(f">I{DIGEST_KEY_BYTES}sHH")
@@ -127,19 +124,11 @@ class TableCheckpointStore:
     """Checkpoints in an Azure Table, with ETag optimistic concurrency."""
 
     def __init__(self, table: TableClient):
-        self._table = table
-        self._created = False
-
-    def _ensure_table(self) -> None:
-        if not self._created:
-            with contextlib.suppress(ResourceExistsError):
-                self._table.create_table()
-            self._created = True
+        self._table = TableOnFirstUse(table)
 
     def load(self, key: CursorKey) -> tuple[Cursor | None, str | None]:
         try:
-            self._ensure_table()
-            entity = self._table.get_entity(key.kind, key.name)
+            entity = self._table().get_entity(key.kind, key.name)
         except ResourceNotFoundError:
             return None, None
         except AzureError as error:
@@ -155,11 +144,10 @@ class TableCheckpointStore:
                 continue
             entity[name] = EntityProperty(value, EdmType.INT64) if isinstance(value, int) else value
         try:
-            self._ensure_table()
             if etag is None:
-                result = self._table.create_entity(entity)
+                result = self._table().create_entity(entity)
             else:
-                result = self._table.update_entity(
+                result = self._table().update_entity(
                     entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
                 )
         except (ResourceExistsError, ResourceModifiedError):
@@ -176,8 +164,7 @@ class TableCheckpointStore:
 
     def delete(self, key: CursorKey) -> None:
         try:
-            self._ensure_table()
-            self._table.delete_entity(key.kind, key.name)
+            self._table().delete_entity(key.kind, key.name)
         except AzureError as error:
             raise CheckpointUnavailable(
                 f"cannot delete checkpoint {key.kind}/{key.name}: {describe_azure_error(error)}"
@@ -185,8 +172,7 @@ class TableCheckpointStore:
 
     def keys(self) -> Iterator[CursorKey]:
         try:
-            self._ensure_table()
-            for entity in self._table.list_entities(select=["PartitionKey", "RowKey"]):
+            for entity in self._table().list_entities(select=["PartitionKey", "RowKey"]):
                 yield CursorKey(entity["PartitionKey"], entity["RowKey"])
         except AzureError as error:
             raise CheckpointUnavailable(f"cannot list checkpoints: {describe_azure_error(error)}") from None
@@ -196,21 +182,10 @@ class FileCheckpointStore:
     """Checkpoints in a local JSON file, for the demo and runs without Table Storage."""
 
     def __init__(self, path: Path):
-        self._path = path
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        if not self._path.exists():
-            return {}
-        return json.loads(self._path.read_text(encoding="utf-8"))
-
-    def _write(self, data: dict[str, dict[str, Any]]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self._path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(temporary, self._path)
+        self._file = JsonFile(path)
 
     def load(self, key: CursorKey) -> tuple[Cursor | None, str | None]:
-        record = self._read().get(f"{key.kind}/{key.name}")
+        record = self._file.read().get(f"{key.kind}/{key.name}")
         if record is None:
             return None, None
         properties = {
@@ -220,7 +195,7 @@ class FileCheckpointStore:
         return cursor_from_properties(properties), record["etag"]
 
     def save(self, key: CursorKey, cursor: Cursor, etag: str | None) -> str:
-        data = self._read()
+        data = self._file.read()
         current = data.get(f"{key.kind}/{key.name}")
         if (current["etag"] if current else None) != etag:
             raise CheckpointConflict(
@@ -232,16 +207,16 @@ class FileCheckpointStore:
         }
         new_etag = uuid.uuid4().hex
         data[f"{key.kind}/{key.name}"] = {"etag": new_etag, "properties": properties}
-        self._write(data)
+        self._file.write(data)
         return new_etag
 
     def delete(self, key: CursorKey) -> None:
-        data = self._read()
+        data = self._file.read()
         data.pop(f"{key.kind}/{key.name}", None)
-        self._write(data)
+        self._file.write(data)
 
     def keys(self) -> Iterator[CursorKey]:
-        for name in self._read():
+        for name in self._file.read():
             kind, _, rest = name.partition("/")
             yield CursorKey(kind, rest)
 
@@ -253,15 +228,3 @@ def _value(value: Any) -> Any:
 
 def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def describe_azure_error(error: AzureError) -> str:
-    """One line naming the error, with any SAS signature or account key masked."""
-    status = getattr(error, "status_code", None)
-    text = str(getattr(error, "message", None) or error).strip()
-    first_line = text.splitlines()[0][:300] if text else ""
-    first_line = _SECRET_PARAMETER.sub(lambda match: match.group(1) + "***", first_line)
-    return f"{type(error).__name__}{f' {status}' if status else ''}: {first_line}"
-
-
-_SECRET_PARAMETER = re.compile(r"((?:sig|AccountKey|SharedAccessSignature)=)[^&;\s'\"]+", re.IGNORECASE)

@@ -7,7 +7,6 @@ deadletter list|replay` shows them and sends them again after a fix.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 from collections.abc import Iterator, Sequence
@@ -16,10 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.checkpoint_store import describe_azure_error
+from shared.storage import JsonFile, TableOnFirstUse, describe_azure_error
 
 _CHUNK_BYTES = 64_000
 _MAX_REASON_CHARS = 2_000
@@ -58,19 +57,11 @@ def dead_letter_key(row: dict[str, Any]) -> str:
 
 class TableDeadLetterStore:
     def __init__(self, table: TableClient):
-        self._table = table
-        self._created = False
-
-    def _ensure_table(self) -> None:
-        if not self._created:
-            with contextlib.suppress(ResourceExistsError):
-                self._table.create_table()
-            self._created = True
+        self._table = TableOnFirstUse(table)
 
     def put(self, org: str, refused: Sequence[RefusedRow]) -> None:
         failed_at = _now()
         try:
-            self._ensure_table()
             for item in refused:
                 packed = gzip.compress(json.dumps(item.row, ensure_ascii=False).encode("utf-8"))
                 entity: dict[str, Any] = {
@@ -81,7 +72,7 @@ class TableDeadLetterStore:
                 }
                 for index in range(0, len(packed), _CHUNK_BYTES):
                     entity[f"Row{index // _CHUNK_BYTES}"] = packed[index : index + _CHUNK_BYTES]
-                self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+                self._table().upsert_entity(entity, mode=UpdateMode.REPLACE)
         except AzureError as error:
             raise DeadLetterUnavailable(
                 f"cannot store refused rows for org {org!r}: {describe_azure_error(error)}"
@@ -89,11 +80,10 @@ class TableDeadLetterStore:
 
     def list(self, org: str | None = None) -> Iterator[DeadLetter]:
         try:
-            self._ensure_table()
             entities = (
-                self._table.query_entities("PartitionKey eq @org", parameters={"org": org})
+                self._table().query_entities("PartitionKey eq @org", parameters={"org": org})
                 if org
-                else self._table.list_entities()
+                else self._table().list_entities()
             )
             for entity in entities:
                 chunks = []
@@ -108,7 +98,7 @@ class TableDeadLetterStore:
 
     def remove(self, letter: DeadLetter) -> None:
         try:
-            self._table.delete_entity(letter.org, letter.key)
+            self._table().delete_entity(letter.org, letter.key)
         except ResourceNotFoundError:
             pass
         except AzureError as error:
@@ -119,19 +109,10 @@ class FileDeadLetterStore:
     """Dead letters in a local JSON file, for the demo."""
 
     def __init__(self, path: Path):
-        self._path = path
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        if not self._path.exists():
-            return {}
-        return json.loads(self._path.read_text(encoding="utf-8"))
-
-    def _write(self, data: dict[str, dict[str, Any]]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        self._file = JsonFile(path)
 
     def put(self, org: str, refused: Sequence[RefusedRow]) -> None:
-        data = self._read()
+        data = self._file.read()
         for item in refused:
             key = dead_letter_key(item.row)
             data[f"{org}/{key}"] = {
@@ -141,17 +122,17 @@ class FileDeadLetterStore:
                 "reason": item.reason[:_MAX_REASON_CHARS],
                 "failed_at": _now(),
             }
-        self._write(data)
+        self._file.write(data)
 
     def list(self, org: str | None = None) -> Iterator[DeadLetter]:
-        for entry in self._read().values():
+        for entry in self._file.read().values():
             if org is None or entry["org"] == org:
                 yield DeadLetter(entry["org"], entry["key"], entry["row"], entry["reason"], entry["failed_at"])
 
     def remove(self, letter: DeadLetter) -> None:
-        data = self._read()
+        data = self._file.read()
         data.pop(f"{letter.org}/{letter.key}", None)
-        self._write(data)
+        self._file.write(data)
 
 
 def _now() -> str:
