@@ -84,8 +84,14 @@ class Deployment:
 
 
 def expected_ids(org: str, events: list[dict]) -> set[str]:
-    """The EventId_s of distinct source events (occurrence 1 each)."""
-    return {normalize(org, event, default_catalog()).row(1)["EventId_s"] for event in events}
+    """The EventId_s the source events should land under; identical events are numbered 1, 2, ..."""
+    occurrences: Counter = Counter()
+    ids = set()
+    for event in events:
+        normalized = normalize(org, event, default_catalog())
+        occurrences[normalized.identity] += 1
+        ids.add(normalized.row(occurrences[normalized.identity])["EventId_s"])
+    return ids
 
 
 def start_cli(deployment: Deployment, *args: str) -> subprocess.Popen:

@@ -175,12 +175,12 @@ def test_backfill_sends_a_past_range_with_original_times_and_leaves_the_live_che
 
 def test_refused_rows_are_listed_and_replayed_from_the_dead_letter_store(deployment):
     events = seed(deployment, count=10)
-    poison = events[3]["description"]
-    deployment.ingestion.reject_rows(lambda row: row.get("Description_s") == poison)
+    [poison] = expected_ids("acme", events[3:4])
+    deployment.ingestion.reject_rows(lambda row: row.get("EventId_s") == poison)
     [report] = deployment.connector().run_once()
     assert report.sent == 9 and report.dead_lettered == 1
     listed = [json.loads(line) for line in deployment.run_cli("deadletter", "list").stdout.splitlines()]
-    assert [letter["row"]["Description_s"] for letter in listed] == [poison]
+    assert [letter["row"]["EventId_s"] for letter in listed] == [poison]
     assert "400" in listed[0]["reason"]
     deployment.ingestion.reject_rows(None)
     replay = deployment.run_cli("deadletter", "replay")
