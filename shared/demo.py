@@ -81,6 +81,7 @@ def run_demo(state_dir: str) -> int:
         first = run_cycle(collector, DEMO_ORGS, LOOKBACK_SECONDS, budget_seconds=300)
         for report in first:
             print("  " + report.summary())
+        print("  (duplicates_skipped: events re-read in the overlap between windows, dropped by EventId_s)")
 
         late = {
             org: simulate_events(org, now - 300, now - 120, 10, seed=100 + index) for index, org in enumerate(DEMO_ORGS)
