@@ -61,7 +61,6 @@ class CollectionReport:
     sent: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
-    outside_window: int = 0
     truncated_rows: int = 0
     pages: int = 0
     lag_seconds: int | None = None
@@ -76,7 +75,8 @@ class CollectionReport:
         line = (
             f"org={self.org} status={self.status} fetched={self.fetched} sent={self.sent} "
             f"duplicates_skipped={self.duplicates} dead_lettered={self.dead_lettered} "
-            f"lag_seconds={'unknown' if self.lag_seconds is None else self.lag_seconds}"
+            f"lag_seconds={'unknown' if self.lag_seconds is None else self.lag_seconds} "
+            f"pages={self.pages} truncated={self.truncated_rows}"
         )
         return f"{line} error={self.error}" if self.error else line
 
@@ -200,8 +200,7 @@ class Collector:
                 invalid.append(RefusedRow(invalid_event_row(org, event), f"invalid event: {error}"))
                 continue
             if not window.contains(normalized.timestamp):
-                report.outside_window += 1
-                continue
+                continue  # outside this window (the API bounds are inclusive); a neighbouring window reads it
             occurrence = cursor.admit(normalized.identity, normalized.timestamp)
             if occurrence is None:
                 report.duplicates += 1
