@@ -7,7 +7,7 @@ window are followed by continuation token; the token is saved after every page,
 so a run that stops (crash, time budget) resumes mid-window.
 
 The API has no event id and may return identical events in the same second, so
-the ledger counts, per event content, how many were sent and how many this window
+the ledger counts, per event identity, how many were sent and how many this window
 has seen: the n-th identical event is new only when n exceeds what was sent.
 """
 
