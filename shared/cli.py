@@ -199,18 +199,11 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _stores(parts: frozenset[str]):
-    from shared.checkpoint_store import TableCheckpointStore
-    from shared.dead_letter import TableDeadLetterStore
-    from shared.wiring import azure_credential, table_client
+    """The settings of `parts`, the checkpoint store and the dead-letter store."""
+    from shared.wiring import table_stores
 
     settings = load_settings(os.environ, parts=parts)
-    store = settings.store
-    credential = None if store.checkpoint_connection_string else azure_credential(settings)
-    return (
-        settings,
-        TableCheckpointStore(table_client(store, store.checkpoint_table_name, credential)),
-        TableDeadLetterStore(table_client(store, store.dead_letter_table_name, credential)),
-    )
+    return (settings, *table_stores(settings))
 
 
 def _checkpoint(args: argparse.Namespace) -> int:

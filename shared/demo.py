@@ -19,13 +19,13 @@ from pathlib import Path
 from azure.core.credentials import AccessToken
 
 from shared.catalog import default_catalog
-from shared.checkpoint_store import FileCheckpointStore, TableCheckpointStore
-from shared.dead_letter import FileDeadLetterStore, TableDeadLetterStore
+from shared.checkpoint_store import FileCheckpointStore
+from shared.dead_letter import FileDeadLetterStore
 from shared.pipeline import Collector, run_cycle
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import load_settings
 from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
-from shared.wiring import azure_credential, ingestion_sink, table_client
+from shared.wiring import ingestion_sink, table_stores
 
 DEMO_ORGS = ("acme", "acme-labs", "globex")
 DEMO_TOKEN = "pul-demo-token"
@@ -112,13 +112,9 @@ def _stores(environ: dict[str, str], state_dir: Path) -> dict:
     """Table Storage when configured, else local files that this demo starts afresh."""
     if environ.get("CHECKPOINT_CONNECTION_STRING") or environ.get("CHECKPOINT_TABLE_ENDPOINT"):
         settings = load_settings(environ, parts=frozenset({"store"}))
-        store = settings.store
-        credential = None if store.checkpoint_connection_string else azure_credential(settings)
-        print(f"checkpoints: Table Storage table {store.checkpoint_table_name}")
-        return {
-            "checkpoints": TableCheckpointStore(table_client(store, store.checkpoint_table_name, credential)),
-            "dead_letters": TableDeadLetterStore(table_client(store, store.dead_letter_table_name, credential)),
-        }
+        print(f"checkpoints: Table Storage table {settings.store.checkpoint_table_name}")
+        checkpoints, dead_letters = table_stores(settings)
+        return {"checkpoints": checkpoints, "dead_letters": dead_letters}
     checkpoint_file = state_dir / "demo-checkpoints.json"
     dead_letter_file = state_dir / "demo-dead-letters.json"
     for path in (checkpoint_file, dead_letter_file):

@@ -24,7 +24,7 @@ from shared.dead_letter import TableDeadLetterStore
 from shared.ingestion_sink import LogsIngestionSink, default_retry_policy
 from shared.pipeline import CollectionReport, Collector, run_cycle
 from shared.pulumi_source import PulumiAuditSource
-from shared.settings import Settings, SinkSettings, StoreSettings, load_settings
+from shared.settings import Settings, SinkSettings, load_settings
 
 log = logging.getLogger("shared.run")
 
@@ -61,24 +61,36 @@ def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsInges
     )
 
 
-def table_client(store: StoreSettings, table_name: str, credential: TokenCredential) -> TableClient:
-    if store.checkpoint_connection_string is not None:
-        return TableClient.from_connection_string(store.checkpoint_connection_string.reveal(), table_name=table_name)
-    return TableClient(endpoint=store.checkpoint_table_endpoint, table_name=table_name, credential=credential)
+def table_stores(
+    settings: Settings, credential: TokenCredential | None = None
+) -> tuple[TableCheckpointStore, TableDeadLetterStore]:
+    """The checkpoint and dead-letter tables, by connection string or by identity."""
+    store = settings.store
+
+    def table(name: str) -> TableClient:
+        if store.checkpoint_connection_string is not None:
+            return TableClient.from_connection_string(store.checkpoint_connection_string.reveal(), table_name=name)
+        return TableClient(
+            endpoint=store.checkpoint_table_endpoint,
+            table_name=name,
+            credential=credential or azure_credential(settings),
+        )
+
+    return (
+        TableCheckpointStore(table(store.checkpoint_table_name)),
+        TableDeadLetterStore(table(store.dead_letter_table_name)),
+    )
 
 
 def collector_from_settings(settings: Settings, credential: TokenCredential | None = None) -> Collector:
     credential = credential or azure_credential(settings)
     source = settings.source
+    checkpoints, dead_letters = table_stores(settings, credential)
     return Collector(
         source=PulumiAuditSource(source.pulumi_api_url, source.pulumi_token),
         sink=ingestion_sink(settings.sink, credential),
-        checkpoints=TableCheckpointStore(
-            table_client(settings.store, settings.store.checkpoint_table_name, credential)
-        ),
-        dead_letters=TableDeadLetterStore(
-            table_client(settings.store, settings.store.dead_letter_table_name, credential)
-        ),
+        checkpoints=checkpoints,
+        dead_letters=dead_letters,
         catalog=default_catalog(),
         overlap_seconds=int(source.late_event_overlap.total_seconds()),
     )
