@@ -19,9 +19,8 @@ from tqdm import tqdm
 
 from shared.checkpoint_store import CheckpointStore, CheckpointUnavailable, CursorKey
 from shared.cursor import Cursor
-from shared.dead_letter import DeadLetterUnavailable
 from shared.pipeline import INVALID_EVENT_PREFIX, SETTLE_DELAY_SECONDS, CollectionReport, backfill_collection
-from shared.pulumi_source import SourceError
+from shared.ports import DeadLetterUnavailable, SourceError
 from shared.settings import SettingsError, load_settings, org_name_problem, parse_duration
 from shared.transform import InvalidEvent, iso_utc, normalize
 
@@ -259,7 +258,7 @@ def _deadletter(args: argparse.Namespace) -> int:
                 )
             )
         return 0
-    from shared.ingestion_sink import SinkUnavailable
+    from shared.ports import SinkUnavailable
     from shared.wiring import azure_credential, ingestion_sink
 
     settings, _, dead_letters = _stores(frozenset({"store", "sink"}))

@@ -10,45 +10,18 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.ports import DeadLetter, DeadLetterUnavailable, RefusedRow
 from shared.storage import JsonFile, TableOnFirstUse, describe_azure_error
 
 _CHUNK_BYTES = 64_000
 _MAX_REASON_CHARS = 2_000
-
-
-class DeadLetterUnavailable(RuntimeError):
-    """Refused rows could not be stored; the run stops so they are fetched again."""
-
-
-@dataclass(frozen=True)
-class RefusedRow:
-    row: dict[str, Any]
-    reason: str
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    org: str
-    key: str
-    row: dict[str, Any]
-    reason: str
-    failed_at: str
-
-
-class DeadLetterStore(Protocol):
-    def put(self, org: str, refused: Sequence[RefusedRow]) -> None: ...
-
-    def list(self, org: str | None = None) -> Iterator[DeadLetter]: ...
-
-    def remove(self, letter: DeadLetter) -> None: ...
 
 
 def dead_letter_key(row: dict[str, Any]) -> str:

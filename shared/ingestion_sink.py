@@ -23,7 +23,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline.policies import RetryPolicy
 from azure.monitor.ingestion import LogsIngestionClient
 
-from shared.dead_letter import RefusedRow
+from shared.ports import RefusedRow, SinkUnavailable
 
 # The service limit is 1 MB per call; stay below it with room for the SDK's framing.
 MAX_BODY_BYTES = 1_000_000
@@ -32,10 +32,6 @@ RETRIED_METHODS = frozenset({"POST", "GET", "HEAD", "PUT", "DELETE", "OPTIONS", 
 # retries this many times this far apart (2 minutes) before it gives up until the next run.
 FORBIDDEN_RETRIES = 8
 FORBIDDEN_RETRY_SECONDS = 15
-
-
-class SinkUnavailable(RuntimeError):
-    """Logs Ingestion did not accept the rows; nothing is checkpointed, the next run retries."""
 
 
 def default_retry_policy() -> RetryPolicy:

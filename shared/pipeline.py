@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from shared.catalog import EventCatalog
 from shared.checkpoint_store import (
@@ -31,9 +31,17 @@ from shared.checkpoint_store import (
     CursorKey,
 )
 from shared.cursor import Cursor
-from shared.dead_letter import DeadLetterStore, DeadLetterUnavailable, RefusedRow
-from shared.ingestion_sink import SinkUnavailable
-from shared.pulumi_source import AuditPage, ContinuationTokenRejected, SourceError
+from shared.ports import (
+    AuditPage,
+    AuditSource,
+    ContinuationTokenRejected,
+    DeadLetterStore,
+    DeadLetterUnavailable,
+    RefusedRow,
+    RowSink,
+    SinkUnavailable,
+    SourceError,
+)
 from shared.transform import InvalidEvent, normalize, raw_digest, truncate_visibly, valid_utf8
 
 log = logging.getLogger("shared.pipeline")
@@ -42,14 +50,6 @@ log = logging.getLogger("shared.pipeline")
 SETTLE_DELAY_SECONDS = 60
 LIVE_MAX_WINDOW_SECONDS = 3600
 BACKFILL_MAX_WINDOW_SECONDS = 86400
-
-
-class AuditSource(Protocol):
-    def fetch_page(self, org: str, start: int, end: int, continuation_token: str | None) -> AuditPage: ...
-
-
-class RowSink(Protocol):
-    def send(self, rows: Sequence[dict[str, Any]]) -> list[RefusedRow]: ...
 
 
 @dataclass

@@ -8,7 +8,6 @@ run. Errors name the org and the status, never the token.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -17,26 +16,13 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared import __version__
+from shared.ports import AuditPage, ContinuationTokenRejected, SourceError
 from shared.settings import Secret, org_name_problem
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 MAX_RETRY_AFTER_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 60
-
-
-class SourceError(RuntimeError):
-    """The audit API could not give us a page; the message names the org and why."""
-
-
-class ContinuationTokenRejected(SourceError):
-    """The API refused a saved continuation token; the window is read again from its start."""
-
-
-@dataclass(frozen=True)
-class AuditPage:
-    events: list[Any]
-    next_token: str | None
 
 
 class _BoundedRetry(Retry):

@@ -9,9 +9,8 @@ from typing import Any
 
 from shared.checkpoint_store import CheckpointConflict, CursorKey, cursor_from_properties, cursor_to_properties
 from shared.cursor import Cursor
-from shared.dead_letter import DeadLetter, RefusedRow, dead_letter_key
-from shared.ingestion_sink import SinkUnavailable
-from shared.pulumi_source import AuditPage, ContinuationTokenRejected
+from shared.dead_letter import dead_letter_key
+from shared.ports import AuditPage, ContinuationTokenRejected, DeadLetter, RefusedRow, SinkUnavailable
 
 
 class FakeAuditSource:

@@ -15,7 +15,8 @@ from azure.data.tables import TableClient
 from shared.catalog import default_catalog
 from shared.checkpoint_store import CursorKey, TableCheckpointStore
 from shared.cursor import Cursor
-from shared.dead_letter import DeadLetter, TableDeadLetterStore
+from shared.dead_letter import TableDeadLetterStore
+from shared.ports import DeadLetter
 from shared.standins import LogsIngestionStandIn, ManagedIdentityEndpointStandIn, PulumiAuditApiStandIn
 from shared.transform import normalize
 from shared.wiring import Connector, connector_from_environment

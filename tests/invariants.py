@@ -32,7 +32,7 @@ from azure.data.tables import TableClient
 from shared.catalog import default_catalog
 from shared.cursor import Cursor
 from shared.pipeline import CollectionReport, invalid_event_row
-from shared.pulumi_source import AuditPage
+from shared.ports import AuditPage
 from shared.standins import simulate_events
 from shared.transform import InvalidEvent, event_id, normalize
 from shared.wiring import Connector

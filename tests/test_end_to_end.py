@@ -9,7 +9,7 @@ import time
 import pytest
 from azure.functions.timer import TimerRequest
 
-from shared.ingestion_sink import SinkUnavailable
+from shared.ports import SinkUnavailable
 from shared.standins import simulate_events
 from tests.harness import MANAGED_IDENTITY_CLIENT_ID, PULUMI_TOKEN, expected_ids
 

@@ -9,7 +9,7 @@ import pytest
 from shared.catalog import default_catalog
 from shared.checkpoint_store import CursorKey
 from shared.pipeline import SETTLE_DELAY_SECONDS, Collector, backfill_collection, run_cycle
-from shared.pulumi_source import SourceError
+from shared.ports import SourceError
 from tests.fakes import FakeAuditSource, FakeSink, InMemoryCheckpointStore, InMemoryDeadLetterStore, SimulatedCrash
 
 NOW = 1_800_000_000

@@ -15,7 +15,8 @@ import pytest
 from shared import cli
 from shared.checkpoint_store import cursor_to_properties
 from shared.cursor import Cursor
-from shared.pulumi_source import MAX_RESPONSE_BYTES, PulumiAuditSource, SourceError
+from shared.ports import SourceError
+from shared.pulumi_source import MAX_RESPONSE_BYTES, PulumiAuditSource
 from shared.schema import COLUMN_NAMES
 from shared.settings import Secret, SettingsError, load_settings
 from shared.standins import Fault, RecordedRequest, Response, StandInServer
