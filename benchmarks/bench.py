@@ -5,7 +5,7 @@
 
 End to end: the real Pulumi client and LogsIngestionClient against the stand-ins on loopback
 (served from a separate process, so the measured process holds only the connector), with an
-in-process file checkpoint. Peak RSS is the connector process's own; it should stay flat as the
+in-memory delivery state. Peak RSS is the connector process's own; it should stay flat as the
 backlog grows, because the pipeline holds one page at a time.
 """
 
@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 from shared.catalog import default_catalog
-from shared.checkpoint_store import FileCheckpointStore
 from shared.cursor import Cursor
 from shared.dead_letter import FileDeadLetterStore
 from shared.pipeline import Collector, run_cycle
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Secret, load_settings
 from shared.standins import LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
+from shared.state_store import memory_state_store
 from shared.transform import normalize
 from shared.wiring import ingestion_sink
 
@@ -73,14 +73,14 @@ def end_to_end(backlog: int) -> dict:
         collector = Collector(
             source=PulumiAuditSource(api_url, Secret(TOKEN)),
             sink=ingestion_sink(settings.sink, _Credential()),
-            checkpoints=FileCheckpointStore(Path(state) / "checkpoints.json"),
+            state=memory_state_store(),
             dead_letters=FileDeadLetterStore(Path(state) / "dead.json"),
             catalog=default_catalog(),
-            overlap_seconds=600,
+            holder="bench",
         )
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()
-        [report] = run_cycle(collector, ["acme"], 86400, budget_seconds=3600)
+        [report] = run_cycle(collector, ["acme"], 86400, 600, budget_seconds=3600)
         seconds = time.perf_counter() - started
     parent.send("done")
     rows, requests = parent.recv()

@@ -1,7 +1,11 @@
 """`python -m shared`: run, backfill, preview, checkpoint, deadletter and demo.
 
-Exit status: 0 success, 1 a run that did not complete (the reason on one line),
-2 bad settings or arguments.
+Settings come from the environment and, for what it does not set, from the `Values` of
+`local.settings.json` in the current folder (the file `func start` reads), so one file
+serves both.
+
+Exit status: 0 success (an org another run holds is skipped, not failed), 1 a run that
+did not complete (the reason on one line), 2 bad settings or arguments.
 """
 
 from __future__ import annotations
@@ -12,17 +16,30 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from tqdm import tqdm
 
-from shared.checkpoint_store import CheckpointStore, CheckpointUnavailable, CursorKey
 from shared.cursor import Cursor
-from shared.pipeline import INVALID_EVENT_PREFIX, SETTLE_DELAY_SECONDS, CollectionReport, backfill_collection
-from shared.ports import DeadLetterUnavailable, SourceError
+from shared.delivery import LIVE, describe, plan_reset
+from shared.pipeline import (
+    INVALID_EVENT_PREFIX,
+    LEASE_SECONDS,
+    SETTLE_DELAY_SECONDS,
+    Collection,
+    CollectionReport,
+    plan_backfill_lanes,
+)
+from shared.ports import DeadLetterUnavailable, LeaseHeld, SourceError, StateConflict, StateUnavailable
 from shared.settings import SettingsError, load_settings, org_name_problem, parse_duration
 from shared.transform import InvalidEvent, iso_utc, normalize
+
+LOCAL_SETTINGS_FILE = "local.settings.json"
+EXIT_CODES = (
+    "exit status: 0 every org ok or skipped (another run holds it), 1 an org failed, 2 bad settings or arguments"
+)
 
 
 class UsageError(ValueError):
@@ -47,29 +64,63 @@ def parse_time(text: str, now: int) -> int:
     return int(moment.timestamp())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m shared", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="one poll cycle of every org, exactly what the timer runs")
+def describe_seconds(seconds: int) -> str:
+    days, rest = divmod(max(0, seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h {rest // 60}m" if days else f"{hours}h {rest // 60}m {rest % 60}s"
 
-    backfill = commands.add_parser("backfill", help="send a past time range; resumable; leaves the live checkpoint")
+
+def cli_environment(environ: Mapping[str, str], folder: Path) -> dict[str, str]:
+    """The environment, over the `Values` of local.settings.json in `folder` when there is one."""
+    path = folder / LOCAL_SETTINGS_FILE
+    if not path.is_file():
+        return dict(environ)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    except (ValueError, AttributeError, OSError) as error:
+        raise UsageError(f"{path} is not a local.settings.json with a 'Values' object: {error}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: 'Values' must be an object of setting names to strings")
+    return {**{str(name): str(value) for name, value in values.items()}, **environ}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared", description=__doc__.splitlines()[0], epilog=EXIT_CODES)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "run", help="one poll cycle of every org, exactly what the timer runs", description=EXIT_CODES
+    )
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="send what is not yet delivered of a past range; rerun to resume",
+        description="Send the parts of a range that no run delivered yet. " + EXIT_CODES,
+    )
     backfill.add_argument("--since", required=True, help="start: 2026-10-01, 2026-10-01T00:00:00Z, Unix time or 30d")
-    backfill.add_argument("--until", help="end (default: where live collection of the org began)")
+    backfill.add_argument("--until", help="end (default: now; never past where live collection stands)")
     backfill.add_argument("--org", action="append", help="only this org (repeatable; default: PULUMI_ORGS)")
+    backfill.add_argument(
+        "--resend", action="store_true", help="send the whole range again, delivered or not (same EventId_s)"
+    )
 
     preview = commands.add_parser("preview", help="fetch and transform; print rows as JSON lines; send nothing")
-    preview.add_argument("--org", action="append", help="only this org (default: PULUMI_ORGS)")
+    preview.add_argument("--org", action="append", help="only this org (repeatable; default: PULUMI_ORGS)")
     preview.add_argument("--since", default="1h", help="start (default: 1h ago)")
     preview.add_argument("--until", help="end (default: now)")
     preview.add_argument("--limit", type=int, default=20, help="at most this many rows per org (default 20)")
 
-    checkpoint = commands.add_parser("checkpoint", help="show or reset checkpoints")
+    checkpoint = commands.add_parser("checkpoint", help="show or move the delivery state of orgs")
     checkpoint_commands = checkpoint.add_subparsers(dest="action", required=True)
-    show = checkpoint_commands.add_parser("show", help="print checkpoints as JSON lines")
-    show.add_argument("--org", help="only this org's live checkpoint")
-    reset = checkpoint_commands.add_parser("reset", help="restart an org's live collection")
-    reset.add_argument("--org", required=True)
-    reset.add_argument("--to", help="resume from this time (default: forget it; next run starts INITIAL_LOOKBACK back)")
+    show = checkpoint_commands.add_parser(
+        "show", help="watermark, lag, delivered ranges, gaps, running backfills and lease holders"
+    )
+    show.add_argument("--org", help="only this org (default: every org of PULUMI_ORGS)")
+    show.add_argument("--json", action="store_true", help="one JSON object per org, for machines")
+    reset = checkpoint_commands.add_parser(
+        "reset", help="move an org's live collection: back re-reads from T, forward leaves a gap for backfill"
+    )
+    reset.add_argument("--org", required=True, help="the org whose live collection moves")
+    reset.add_argument("--to", required=True, help="the time live collection continues from")
 
     deadletter = commands.add_parser("deadletter", help="rows Logs Ingestion refused")
     deadletter_commands = deadletter.add_subparsers(dest="action", required=True)
@@ -78,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("replay", "send them again; remove those accepted"),
     ):
         sub = deadletter_commands.add_parser(name, help=text)
-        sub.add_argument("--org")
+        sub.add_argument("--org", help="only this org (default: every org)")
 
     demo = commands.add_parser("demo", help="the whole path on local stand-ins; no Azure or Pulumi account")
-    demo.add_argument("--state-dir", default=".connector-state", help="where the demo keeps its local checkpoint")
+    demo.add_argument("--state-dir", default=".connector-state", help="where the demo keeps its local files")
     return parser
 
 
@@ -90,30 +141,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_org_options(args)
-        return _dispatch(args)
+        environ = cli_environment(os.environ, Path.cwd())
+        return _dispatch(args, environ)
     except (SettingsError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (SourceError, CheckpointUnavailable, DeadLetterUnavailable) as error:
+    except (SourceError, StateUnavailable, StateConflict, DeadLetterUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
     if args.command == "demo":
         from shared.demo import run_demo
 
         return run_demo(args.state_dir)
     if args.command == "preview":
-        return _preview(args)
+        return _preview(args, environ)
     if args.command == "checkpoint":
-        return _checkpoint(args)
+        return _checkpoint(args, environ)
     if args.command == "deadletter":
-        return _deadletter(args)
+        return _deadletter(args, environ)
 
     from shared.wiring import connector_from_environment
 
-    connector = connector_from_environment()
+    connector = connector_from_environment(environ)
     if args.command == "run":
         return _finish(connector.run_once())
     return _backfill(connector, args)
@@ -131,51 +183,108 @@ def _finish(reports: list[CollectionReport]) -> int:
 
 def _check_org_options(args: argparse.Namespace) -> None:
     """Every --org names a Pulumi org, so it can never change a request path or a table key."""
-    given = getattr(args, "org", None)
-    for org in [given] if isinstance(given, str) else given or []:
+    for org in _given_orgs(args):
         if problem := org_name_problem(org):
             raise UsageError(f"--org: {problem}")
 
 
+def _given_orgs(args: argparse.Namespace) -> list[str]:
+    given = getattr(args, "org", None)
+    return [given] if isinstance(given, str) else list(given or [])
+
+
+def _chosen_orgs(args: argparse.Namespace, configured: Sequence[str]) -> list[str]:
+    """The --org options, each one of PULUMI_ORGS, or every org of PULUMI_ORGS."""
+    given = _given_orgs(args)
+    unknown = [org for org in given if org not in configured]
+    if unknown:
+        raise UsageError(
+            f"--org {', '.join(unknown)}: not in PULUMI_ORGS ({', '.join(configured)}); "
+            "add it to PULUMI_ORGS first, so live collection owns it too"
+        )
+    return given or list(configured)
+
+
 def _backfill(connector, args: argparse.Namespace) -> int:
-    now = int(time.time())
+    settings = connector.settings
+    collector = connector.collector
+    now = int(collector.wall_clock())
     since = parse_time(args.since, now)
-    reports = []
-    for org in args.org or connector.settings.source.orgs:
-        until = parse_time(args.until, now) if args.until else _live_origin(connector.collector.checkpoints, org, now)
-        if until <= since:
-            raise UsageError(f"backfill of org {org!r}: --until ({iso_utc(until)}) is not after --since")
-        collection = backfill_collection(org, since, until)
-        with tqdm(total=until - since, unit="s", desc=f"backfill {org}", unit_scale=True, file=sys.stderr) as bar:
-
-            def show(cursor: Cursor, bar: tqdm = bar) -> None:
-                bar.update(cursor.watermark - since - bar.n)
-
-            connector.collector.progress.append(show)
-            try:
-                reports.append(connector.collector.collect(collection))
-            finally:
-                connector.collector.progress.remove(show)
+    until = parse_time(args.until, now) if args.until else now - SETTLE_DELAY_SECONDS
+    if until <= since:
+        raise UsageError(f"--until ({iso_utc(until)}) is not after --since ({iso_utc(since)})")
+    reports: list[CollectionReport] = []
+    lookback = int(settings.source.initial_lookback.total_seconds())
+    for org in _chosen_orgs(args, settings.source.orgs):
+        plan, lanes = plan_backfill_lanes(collector.state, org, since, until, now, lookback, args.resend)
+        print(
+            f"backfill {org}: [{iso_utc(plan.since)}, {iso_utc(plan.until)}) "
+            f"{describe_seconds(plan.already_delivered_seconds)} of it already delivered",
+            file=sys.stderr,
+        )
+        if plan.until < until:
+            print(f"  live collection covers {iso_utc(plan.until)} onwards; the backfill stops there", file=sys.stderr)
+        if plan.resend_seconds:
+            print(
+                f"  --resend: re-sends {describe_seconds(plan.resend_seconds)} of delivered time, "
+                "with the same EventId_s",
+                file=sys.stderr,
+            )
+        for name, lease in plan.busy:
+            reports.append(
+                CollectionReport(
+                    org=org,
+                    collection=name,
+                    status="skipped",
+                    error=f"another run works on it: {lease.holder} until {iso_utc(lease.expires_at)}",
+                )
+            )
+        if not lanes:
+            print(f"  nothing to send for {org}", file=sys.stderr)
+            continue
+        reports += _run_lanes(collector, lanes)
     return _finish(reports)
 
 
-def _live_origin(checkpoints: CheckpointStore, org: str, now: int) -> int:
-    """Where live collection of the org began, so a backfill ends where live took over."""
-    cursor, _ = checkpoints.load(CursorKey.live(org))
-    return cursor.origin if cursor else now - SETTLE_DELAY_SECONDS
+def _run_lanes(collector, lanes: list[Collection]) -> list[CollectionReport]:
+    reports = []
+    with tqdm(unit=" events", desc=f"backfill {lanes[0].org}", file=sys.stderr, dynamic_ncols=True) as bar:
+        counted: dict[str, int] = {}
+
+        def show(collection: Collection, cursor: Cursor, report: CollectionReport) -> None:
+            handled = report.sent + report.dead_lettered
+            bar.update(handled - counted.get(collection.name, 0))
+            counted[collection.name] = handled
+            bar.set_postfix_str(f"reached {iso_utc(cursor.watermark)}", refresh=False)
+
+        collector.progress.append(show)
+        try:
+            for lane in lanes:
+                counted[lane.name] = 0
+                reports.append(collector.collect(lane))
+        finally:
+            collector.progress.remove(show)
+    sent = sum(report.sent for report in reports)
+    skipped = sum(report.duplicates for report in reports)
+    dead = sum(report.dead_lettered for report in reports)
+    print(
+        f"backfill {lanes[0].org}: sent {sent}, skipped {skipped} already delivered, dead-lettered {dead}",
+        file=sys.stderr,
+    )
+    return reports
 
 
-def _preview(args: argparse.Namespace) -> int:
+def _preview(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from shared.catalog import default_catalog
     from shared.pulumi_source import PulumiAuditSource
 
-    settings = load_settings(os.environ, parts=frozenset({"source"})).source
+    settings = load_settings(environ, parts=frozenset({"source"}))
     now = int(time.time())
     since = parse_time(args.since, now)
     until = parse_time(args.until, now) if args.until else now
-    source = PulumiAuditSource(settings.pulumi_api_url, settings.pulumi_token)
+    source = PulumiAuditSource(settings.source.pulumi_api_url, settings.source.pulumi_token)
     catalog = default_catalog()
-    for org in args.org or settings.orgs:
+    for org in _chosen_orgs(args, settings.orgs):
         printed, token, occurrences = 0, None, {}
         while printed < args.limit:
             page = source.fetch_page(org, since, until, token)
@@ -197,54 +306,96 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stores(parts: frozenset[str]):
-    """The settings of `parts`, the checkpoint store and the dead-letter store."""
+def _stores(environ: Mapping[str, str], parts: frozenset[str]):
+    """The settings of `parts` (always with PULUMI_ORGS), the state store and the dead-letter store."""
     from shared.wiring import table_stores
 
-    settings = load_settings(os.environ, parts=parts)
+    settings = load_settings(environ, parts=parts | {"orgs", "store"})
     return (settings, *table_stores(settings))
 
 
-def _checkpoint(args: argparse.Namespace) -> int:
-    _, checkpoints, _ = _stores(frozenset({"store"}))
+def _checkpoint(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    settings, state, _ = _stores(environ, frozenset())
     now = int(time.time())
+    orgs = _chosen_orgs(args, settings.orgs)
     if args.action == "show":
-        keys = [CursorKey.live(args.org)] if args.org else sorted(checkpoints.keys(), key=lambda k: (k.kind, k.name))
-        for key in keys:
-            cursor, _ = checkpoints.load(key)
-            if cursor is None:
-                print(json.dumps({"kind": key.kind, "name": key.name, "checkpoint": None}))
-                continue
+        views = [describe(state.load_org(org), now) for org in orgs]
+        if args.json:
+            for view in views:
+                print(json.dumps(view))
+        else:
+            print("\n\n".join(_render(view) for view in views))
+        return 0
+    return _reset(state, orgs[0], parse_time(args.to, now), now)
+
+
+def _render(view: dict) -> str:
+    def span(pair) -> str:
+        return f"{iso_utc(pair[0])} .. {iso_utc(pair[1])}"
+
+    if view["watermark"] is None:
+        head = f"{view['org']}: no live collection yet (the next run starts INITIAL_LOOKBACK back)"
+    else:
+        head = (
+            f"{view['org']}: watermark {iso_utc(view['watermark'])}, lag {describe_seconds(view['lag_seconds'])}"
+            + (", mid-window" if view["mid_window"] else "")
+        )
+    lines = [head]
+    lease = view["live_lease"]
+    lines.append(f"  live lease   {lease['holder']} until {iso_utc(lease['expires_at'])}" if lease else
+                 "  live lease   free")
+    lines += [f"  delivered    {span(pair)}" for pair in view["delivered"]] or ["  delivered    nothing yet"]
+    lines += [f"  gap          {span(pair)}  (fill it with: backfill --org {view['org']} --since "
+              f"{iso_utc(pair[0])} --until {iso_utc(pair[1])})" for pair in view["gaps"]]
+    for lane in view["backfills"]:
+        holder = f"run by {lane['holder']} until {iso_utc(lane['expires_at'])}" if lane["holder"] else "interrupted"
+        lines.append(f"  backfill     {span(lane['range'])} reached {iso_utc(lane['reached'])}, {holder}")
+    return "\n".join(lines)
+
+
+def _reset(state, org: str, target: int, now: int) -> int:
+    from shared.wiring import run_holder
+
+    holder = run_holder()
+    try:
+        lease = state.acquire_lease(org, LIVE, holder, now, LEASE_SECONDS)
+    except LeaseHeld as held:
+        print(f"error: org {org!r} is being collected right now ({held}); try again then", file=sys.stderr)
+        return 1
+    try:
+        current = state.load_org(org)
+        plan = plan_reset(current, target)
+        stored = current.cursors.get(LIVE)
+        if plan.reread_seconds:
             print(
-                json.dumps(
-                    {
-                        "kind": key.kind,
-                        "name": key.name,
-                        "watermark": iso_utc(cursor.watermark),
-                        "origin": iso_utc(cursor.origin),
-                        "window": [iso_utc(cursor.window.start), iso_utc(cursor.window.end)] if cursor.window else None,
-                        "mid_window": cursor.continuation_token is not None,
-                        "ledger_entries": len(cursor.ledger),
-                        "lag_seconds": cursor.lag_seconds(now),
-                    }
-                )
+                f"org {org!r}: moving back re-reads {describe_seconds(plan.reread_seconds)} of already delivered "
+                "time; events the overlap still remembers are skipped, the others are sent again with the same "
+                "EventId_s"
             )
-        return 0
-    key = CursorKey.live(args.org)
-    if args.to is None:
-        checkpoints.delete(key)
-        print(f"checkpoint of org {args.org!r} removed; the next run starts INITIAL_LOOKBACK back")
-        return 0
-    _, etag = checkpoints.load(key)
-    checkpoints.save(key, Cursor.starting_at(parse_time(args.to, now)), etag)
-    print(f"checkpoint of org {args.org!r} set to {iso_utc(parse_time(args.to, now))}")
+        state.replace_live(org, plan.cursor, stored.etag if stored else None, plan.folded, current.folded_etag)
+    finally:
+        state.release_lease(org, LIVE, lease)
+    if current.live is None:
+        print(f"org {org!r}: live collection starts at {iso_utc(target)}")
+    else:
+        print(f"org {org!r}: live collection moved from {iso_utc(plan.previous)} to {iso_utc(target)}")
+    if plan.gap_seconds:
+        print(
+            f"org {org!r}: this leaves {describe_seconds(plan.gap_seconds)} undelivered from "
+            f"{iso_utc(plan.previous)}; fill it with: backfill --org {org} --since {iso_utc(plan.previous)} "
+            f"--until {iso_utc(target)}"
+        )
     return 0
 
 
-def _deadletter(args: argparse.Namespace) -> int:
+def _deadletter(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.action == "list":
-        _, _, dead_letters = _stores(frozenset({"store"}))
-        for letter in dead_letters.list(args.org):
+        settings, _, dead_letters = _stores(environ, frozenset())
+        orgs = _chosen_orgs(args, settings.orgs) if args.org else [None]
+        letters = [letter for org in orgs for letter in dead_letters.list(org)]
+        if not letters:
+            print("no dead-lettered rows" + (f" for org {args.org!r}" if args.org else ""), file=sys.stderr)
+        for letter in letters:
             print(
                 json.dumps(
                     {
@@ -261,10 +412,13 @@ def _deadletter(args: argparse.Namespace) -> int:
     from shared.ports import SinkUnavailable
     from shared.wiring import azure_credential, ingestion_sink
 
-    settings, _, dead_letters = _stores(frozenset({"store", "sink"}))
+    settings, _, dead_letters = _stores(environ, frozenset({"sink"}))
+    orgs = _chosen_orgs(args, settings.orgs) if args.org else [None]
     sink = ingestion_sink(settings.sink, azure_credential(settings))
     # Events that could not become rows need a person, not a replay.
-    letters = [letter for letter in dead_letters.list(args.org) if not letter.key.startswith(INVALID_EVENT_PREFIX)]
+    letters = [
+        letter for org in orgs for letter in dead_letters.list(org) if not letter.key.startswith(INVALID_EVENT_PREFIX)
+    ]
     try:
         refused = {id(item.row) for item in sink.send([letter.row for letter in letters])}
     except SinkUnavailable as error:

@@ -1,14 +1,19 @@
-"""Where an org's collection stands, and which events it already sent. Pure, no I/O.
+"""Where one collection stands, and which events it already sent. Pure, no I/O.
 
-A cursor walks time in windows. The watermark W says every event before W has
-been handled. A window queries [W - overlap, end): re-reading the overlap catches
-events the API shows late, and the ledger drops the ones already sent. Pages of a
-window are followed by continuation token; the token is saved after every page,
-so a run that stops (crash, time budget) resumes mid-window.
+A collection is an org's live feed or one backfill lane. Its cursor walks time in
+windows: the watermark W says every event before W was handled, and [origin, W) is
+what this cursor delivered. A window queries [max(origin, W - overlap), end):
+re-reading the overlap catches events the API shows late, and the ledger drops the
+ones already sent. Pages of a window are followed by continuation token, and the
+token is saved with every page, so a run that stops resumes mid-window.
 
-The API has no event id and may return identical events in the same second, so
-the ledger counts, per event identity, how many were sent and how many this window
-has seen: the n-th identical event is new only when n exceeds what was sent.
+The API has no event id and may return identical events in the same second, so the
+ledger counts, per event identity, how many were sent and how many this pass over the
+window has seen: the n-th identical event is new only when n exceeds what was sent.
+
+The ledger is stored as one small segment per saved page (what that page changed),
+never rewritten whole, so a save costs what the page changed whatever the backlog.
+Segments nothing needs any more are listed by `stale_segments` for deletion.
 """
 
 from __future__ import annotations
@@ -39,29 +44,96 @@ class Window:
         return self.start <= timestamp < self.end
 
 
+@dataclass(frozen=True)
+class SegmentEntry:
+    key: bytes
+    timestamp: int
+    seen: int  # copies of this identity the saved pages held
+    sent: int  # the sent count the saved pages raised it to; 0 when they sent none
+
+
+@dataclass(frozen=True)
+class LedgerSegment:
+    """What a save changed in the ledger: the events its pages held and the tokens they handed out."""
+
+    sequence: int
+    pass_number: int
+    entries: tuple[SegmentEntry, ...]
+    tokens: tuple[bytes, ...]
+
+    @property
+    def info(self) -> SegmentInfo:
+        return SegmentInfo(
+            pass_number=self.pass_number,
+            newest=max((entry.timestamp for entry in self.entries), default=0),
+            sent_any=any(entry.sent for entry in self.entries),
+        )
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """What deciding whether a stored segment is still needed takes."""
+
+    pass_number: int
+    newest: int
+    sent_any: bool
+
+
 @dataclass
 class Cursor:
-    """Progress of one collection (an org's live feed, or one backfill range)."""
+    """Progress of one collection: an org's live feed (`until` None) or a backfill lane."""
 
     watermark: int
     origin: int
+    until: int | None = None
     window: Window | None = None
     continuation_token: str | None = None
+    pass_number: int = 0
+    next_segment: int = 0
     ledger: dict[bytes, LedgerEntry] = field(default_factory=dict)
-    # Digests of the continuation tokens this window has handed out, kept across runs,
-    # so a token that comes back (a paging loop) is caught even after a restart.
+    # Digests of the continuation tokens this pass handed out, so a token that comes back
+    # (a paging loop) is caught, even after a restart.
     window_tokens: set[bytes] = field(default_factory=set)
+    segments: dict[int, SegmentInfo] = field(default_factory=dict)
+    _page_entries: dict[bytes, list[int]] = field(default_factory=dict, repr=False)
+    _page_tokens: list[bytes] = field(default_factory=list, repr=False)
 
     @classmethod
-    def starting_at(cls, watermark: int) -> Cursor:
-        return cls(watermark=watermark, origin=watermark)
+    def starting_at(cls, watermark: int, until: int | None = None) -> Cursor:
+        return cls(watermark=watermark, origin=watermark, until=until)
+
+    @property
+    def finished(self) -> bool:
+        """A backfill lane that reached its end; a live cursor never finishes."""
+        return self.until is not None and self.watermark >= self.until and self.window is None
+
+    def restore(self, segments: list[LedgerSegment], overlap: int) -> None:
+        """Rebuild the ledger and the pass's tokens from the stored segments. Events before
+        the window this cursor reads (or will read next) are never admitted, so they are left out."""
+        horizon = self.window.start if self.window else max(self.origin, self.watermark - overlap)
+        for segment in segments:
+            self.segments[segment.sequence] = segment.info
+            current = self.window is not None and segment.pass_number == self.pass_number
+            for item in segment.entries:
+                if item.timestamp < horizon:
+                    continue
+                entry = self.ledger.setdefault(item.key, LedgerEntry(timestamp=item.timestamp))
+                entry.sent = max(entry.sent, item.sent)
+                if current:
+                    entry.seen_in_window += item.seen
+            if current:
+                self.window_tokens.update(segment.tokens)
 
     def open_window(self, end_limit: int, overlap: int, max_span: int) -> bool:
         """Start the next window up to `end_limit`; False when there is nothing new to read."""
         if self.window is not None:
             return True
         end = min(end_limit, self.watermark + max_span)
-        if end - self.watermark < MIN_NEW_SECONDS:
+        if self.until is not None:
+            end = min(end, self.until)
+            if end <= self.watermark:
+                return False
+        elif end - self.watermark < MIN_NEW_SECONDS:
             return False
         self.window = Window(start=max(self.origin, self.watermark - overlap), end=end)
         self.restart_window()
@@ -69,13 +141,14 @@ class Cursor:
 
     def restart_window(self) -> None:
         """Read the current window from its first page (again, if its token was refused)."""
+        self.pass_number += 1
         self.continuation_token = None
         self.window_tokens.clear()
         for entry in self.ledger.values():
             entry.seen_in_window = 0
 
     def is_repeated_token(self, token: str) -> bool:
-        """Whether this window already handed out `token`: following it would read pages twice."""
+        """Whether this pass already handed out `token`: following it would read pages twice."""
         return token_digest(token) in self.window_tokens
 
     def admit(self, digest: bytes, timestamp: int) -> int | None:
@@ -85,16 +158,21 @@ class Cursor:
         if entry is None:
             entry = self.ledger[key] = LedgerEntry(timestamp=timestamp)
         entry.seen_in_window += 1
+        page = self._page_entries.setdefault(key, [timestamp, 0, 0])
+        page[1] += 1
         if entry.seen_in_window <= entry.sent:
             return None
         entry.sent = entry.seen_in_window
+        page[2] = entry.sent
         return entry.seen_in_window
 
     def finish_page(self, next_token: str | None, overlap: int) -> None:
         """Record a page as handled; the last page of a window moves the watermark."""
         if next_token:
+            digest = token_digest(next_token)
             self.continuation_token = next_token
-            self.window_tokens.add(token_digest(next_token))
+            self.window_tokens.add(digest)
+            self._page_tokens.append(digest)
             return
         assert self.window is not None
         self.watermark = self.window.end
@@ -104,21 +182,52 @@ class Cursor:
         horizon = self.watermark - overlap
         self.ledger = {key: entry for key, entry in self.ledger.items() if entry.timestamp >= horizon}
 
-    def trim_ledger(self, max_entries: int, overlap: int) -> int:
-        """Keep the ledger within `max_entries`; returns how many entries were dropped.
+    def take_segment(self) -> LedgerSegment | None:
+        """What the pages handled since the last save changed, to store with the cursor."""
+        if not self._page_entries and not self._page_tokens:
+            return None
+        segment = LedgerSegment(
+            sequence=self.next_segment,
+            pass_number=self.pass_number,
+            entries=tuple(
+                SegmentEntry(key, timestamp, seen, sent) for key, (timestamp, seen, sent) in self._page_entries.items()
+            ),
+            tokens=tuple(self._page_tokens),
+        )
+        self.next_segment += 1
+        self._page_entries = {}
+        self._page_tokens = []
+        self.segments[segment.sequence] = segment.info
+        return segment
 
-        Entries the next window's overlap needs are kept longest. A dropped entry can
-        only cause a re-send (a duplicate with the same EventId_s), never a loss.
+    def stale_segments(self, overlap: int) -> list[int]:
+        """Stored segments nothing needs any more; they are forgotten here and can be deleted.
+
+        A segment of a finished pass is needed only for the events it sent that the next
+        window's overlap may read again.
         """
-        excess = len(self.ledger) - max_entries
-        if excess <= 0:
-            return 0
-        end = self.window.end if self.window else self.watermark
-        needed_from = end - overlap
-        order = sorted(self.ledger.items(), key=lambda item: (item[1].timestamp >= needed_from, item[1].timestamp))
-        for key, _ in order[:excess]:
-            del self.ledger[key]
-        return excess
+        horizon = self.watermark - overlap
+        stale = [
+            sequence
+            for sequence, info in self.segments.items()
+            if (self.window is None or info.pass_number != self.pass_number)
+            and (not info.sent_any or info.newest < horizon)
+        ]
+        for sequence in stale:
+            del self.segments[sequence]
+        return stale
+
+    def moved_to(self, target: int) -> Cursor:
+        """This cursor restarted at `target`, in a new pass. The stored segments still hold what
+        it sent, so a re-read skips events the overlap kept, and re-sends the rest with the
+        same EventId_s."""
+        return Cursor(
+            watermark=target,
+            origin=target,
+            until=self.until,
+            pass_number=self.pass_number + 1,
+            next_segment=self.next_segment,
+        )
 
     def lag_seconds(self, now: int) -> int:
         return max(0, now - self.watermark)

@@ -3,8 +3,8 @@
 A simulator of the Pulumi audit API (several orgs, mixed Cloud and ESC events, paging,
 one transient 503) and a Logs Ingestion stand-in (which enforces the 1 MB limit and
 the stream schema, and answers one 429) run on 127.0.0.1. The real Pulumi client and
-the real LogsIngestionClient talk to them. Checkpoints go to Table Storage when
-CHECKPOINT_CONNECTION_STRING or CHECKPOINT_TABLE_ENDPOINT is set, else to a local file.
+the real LogsIngestionClient talk to them. The delivery state goes to Table Storage when
+CHECKPOINT_CONNECTION_STRING or CHECKPOINT_TABLE_ENDPOINT is set, else it stays in memory.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 from azure.core.credentials import AccessToken
 
 from shared.catalog import default_catalog
-from shared.checkpoint_store import FileCheckpointStore
 from shared.dead_letter import FileDeadLetterStore
 from shared.pipeline import Collector, run_cycle
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import load_settings
 from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
-from shared.wiring import ingestion_sink, table_stores
+from shared.state_store import memory_state_store
+from shared.wiring import ingestion_sink, run_holder, table_stores
 
 DEMO_ORGS = ("acme", "acme-labs", "globex")
 DEMO_TOKEN = "pul-demo-token"
@@ -71,14 +71,15 @@ def run_demo(state_dir: str) -> int:
             source=PulumiAuditSource(settings.source.pulumi_api_url, settings.source.pulumi_token),
             sink=ingestion_sink(settings.sink, _DemoCredential()),
             catalog=default_catalog(),
-            overlap_seconds=int(settings.source.late_event_overlap.total_seconds()),
+            holder=run_holder(),
             **_stores(environ, Path(state_dir)),
         )
+        overlap = int(settings.source.late_event_overlap.total_seconds())
 
         print("Pulumi audit logs -> Sentinel, on local stand-ins (nothing leaves this machine)")
         print(f"simulated Pulumi API at {pulumi_api.url}, Logs Ingestion stand-in at {ingestion.url}\n")
         print(f"run 1: the last day, {EVENTS_PER_ORG} events per org")
-        first = run_cycle(collector, DEMO_ORGS, LOOKBACK_SECONDS, budget_seconds=300)
+        first = run_cycle(collector, DEMO_ORGS, LOOKBACK_SECONDS, overlap, budget_seconds=300)
         for report in first:
             print("  " + report.summary())
         print("  (duplicates_skipped: events re-read in the overlap between windows, dropped by EventId_s)")
@@ -90,7 +91,7 @@ def run_demo(state_dir: str) -> int:
             pulumi_api.add_events(org, events)
         print("\nrun 2, one timer tick later: 10 events per org appeared late, inside the window run 1 read")
         next_tick = replace(collector, wall_clock=lambda: time.time() + 60)
-        second = run_cycle(next_tick, DEMO_ORGS, LOOKBACK_SECONDS, budget_seconds=300)
+        second = run_cycle(next_tick, DEMO_ORGS, LOOKBACK_SECONDS, overlap, budget_seconds=300)
         for report in second:
             print("  " + report.summary())
 
@@ -112,12 +113,10 @@ def _stores(environ: dict[str, str], state_dir: Path) -> dict:
     """Table Storage when configured, else local files that this demo starts afresh."""
     if environ.get("CHECKPOINT_CONNECTION_STRING") or environ.get("CHECKPOINT_TABLE_ENDPOINT"):
         settings = load_settings(environ, parts=frozenset({"store"}))
-        print(f"checkpoints: Table Storage table {settings.store.checkpoint_table_name}")
-        checkpoints, dead_letters = table_stores(settings)
-        return {"checkpoints": checkpoints, "dead_letters": dead_letters}
-    checkpoint_file = state_dir / "demo-checkpoints.json"
+        print(f"delivery state: Table Storage table {settings.store.checkpoint_table_name}")
+        state, dead_letters = table_stores(settings)
+        return {"state": state, "dead_letters": dead_letters}
     dead_letter_file = state_dir / "demo-dead-letters.json"
-    for path in (checkpoint_file, dead_letter_file):
-        path.unlink(missing_ok=True)
-    print(f"checkpoints: local file {checkpoint_file} (set CHECKPOINT_CONNECTION_STRING to use Table Storage)")
-    return {"checkpoints": FileCheckpointStore(checkpoint_file), "dead_letters": FileDeadLetterStore(dead_letter_file)}
+    dead_letter_file.unlink(missing_ok=True)
+    print("delivery state: in memory (set CHECKPOINT_CONNECTION_STRING to use Table Storage)")
+    return {"state": memory_state_store(), "dead_letters": FileDeadLetterStore(dead_letter_file)}

@@ -1,46 +1,48 @@
-"""The poll cycle: fetch a page, transform, drop repeats, upload, then checkpoint.
+"""The poll cycle: fetch a page, transform, drop repeats, upload, then save the state.
 
 This is the only module that orchestrates the adapters, and it talks to them through
-the small interfaces below, so tests run it against in-memory fakes as well as the
+the ports (shared/ports.py), so tests run it against in-memory fakes as well as the
 real clients. The order per page is what makes the promise hold:
 
 1. fetch one page of the current window (memory stays one page, whatever the backlog);
 2. transform it, and drop events the cursor's ledger says were already sent;
 3. upload; rows the service refuses go to the dead-letter store, never nowhere;
-4. only then save the cursor, conditional on the ETag read at the start.
+4. only then save the cursor with the page's ledger segment, in one transaction
+   conditional on the ETag read at the start.
 
 A crash anywhere before step 4 re-reads the same page next run: at worst that page
-is sent twice, with the same EventId_s. A crash after step 4 loses nothing.
+is sent twice, with the same EventId_s. A crash after step 4 loses nothing. A lease per
+collection keeps a second run off it, so two runs never send the same page.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.catalog import EventCatalog
-from shared.checkpoint_store import (
-    MAX_LEDGER_ENTRIES,
-    CheckpointConflict,
-    CheckpointStore,
-    CheckpointUnavailable,
-    CursorKey,
-)
 from shared.cursor import Cursor
+from shared.delivery import LIVE, BackfillPlan, OrgState, first_live_cursor, fold_lane, lane_name, plan_backfill
 from shared.ports import (
     AuditPage,
     AuditSource,
     ContinuationTokenRejected,
     DeadLetterStore,
     DeadLetterUnavailable,
+    LeaseHeld,
     RefusedRow,
     RowSink,
     SinkUnavailable,
     SourceError,
+    StateConflict,
+    StateStore,
+    StateUnavailable,
 )
 from shared.transform import InvalidEvent, normalize, raw_digest, truncate_visibly, valid_utf8
 
@@ -50,13 +52,20 @@ log = logging.getLogger("shared.pipeline")
 SETTLE_DELAY_SECONDS = 60
 LIVE_MAX_WINDOW_SECONDS = 3600
 BACKFILL_MAX_WINDOW_SECONDS = 86400
+# A run killed while it holds a lease delays that collection by at most this long. A
+# working run renews its lease every third of it.
+LEASE_SECONDS = 120
+# A finished lane's coverage write can meet another lane's; it is retried this often.
+FOLD_ATTEMPTS = 5
 
 
 @dataclass
 class CollectionReport:
-    """What one run did for one collection; `status` is ok, stopped (time budget) or failed."""
+    """What one run did for one collection; `status` is ok, stopped (time budget), skipped
+    (another run holds the lease) or failed."""
 
     org: str
+    collection: str = LIVE
     fetched: int = 0
     sent: int = 0
     duplicates: int = 0
@@ -64,16 +73,22 @@ class CollectionReport:
     truncated_rows: int = 0
     pages: int = 0
     lag_seconds: int | None = None
+    watermark: int | None = None
     status: str = "ok"
     error: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "live" if self.collection == LIVE else "backfill"
 
     @property
     def failed(self) -> bool:
         return self.status == "failed"
 
     def summary(self) -> str:
+        where = "" if self.collection == LIVE else f" collection={self.collection}"
         line = (
-            f"org={self.org} status={self.status} fetched={self.fetched} sent={self.sent} "
+            f"org={self.org}{where} status={self.status} fetched={self.fetched} sent={self.sent} "
             f"duplicates_skipped={self.duplicates} dead_lettered={self.dead_lettered} "
             f"lag_seconds={'unknown' if self.lag_seconds is None else self.lag_seconds} "
             f"pages={self.pages} truncated={self.truncated_rows}"
@@ -83,41 +98,126 @@ class CollectionReport:
 
 @dataclass(frozen=True)
 class Collection:
-    """One cursor to advance: an org's live feed, or a backfill range."""
+    """One cursor to advance: an org's live feed, or a backfill lane."""
 
     org: str
-    key: CursorKey
-    first_watermark: int
-    end_limit: Callable[[int], int]  # now -> the latest window end allowed
+    name: str
+    first_cursor: Callable[[OrgState], Cursor]  # where a collection with no stored cursor starts
+    end_limit: int  # the latest window end this run may read; fixed, so no sliver window opens
     max_window_seconds: int
+    overlap_seconds: int
+
+
+def live_collection(org: str, now: int, initial_lookback_seconds: int, overlap_seconds: int) -> Collection:
+    return Collection(
+        org=org,
+        name=LIVE,
+        first_cursor=lambda state: first_live_cursor(state, now, initial_lookback_seconds),
+        end_limit=now - SETTLE_DELAY_SECONDS,
+        max_window_seconds=LIVE_MAX_WINDOW_SECONDS,
+        overlap_seconds=overlap_seconds,
+    )
+
+
+def lane_collection(org: str, start: int, until: int, now: int) -> Collection:
+    """A backfill lane reads settled history once: no overlap, so it keeps no ledger past its window."""
+    return Collection(
+        org=org,
+        name=lane_name(start, until),
+        first_cursor=lambda state: Cursor.starting_at(start, until),
+        end_limit=min(until, now - SETTLE_DELAY_SECONDS),
+        max_window_seconds=BACKFILL_MAX_WINDOW_SECONDS,
+        overlap_seconds=0,
+    )
+
+
+class LeaseKeeper:
+    """Holds a collection's lease while a run works on it: renewed in the background every
+    third of its time, released at the end. A lease that could not be renewed is lost, and
+    the run stops before its next save."""
+
+    def __init__(self, state: StateStore, collection: Collection, holder: str, clock: Callable[[], float]):
+        self._state, self._collection, self._clock = state, collection, clock
+        self._lease = state.acquire_lease(collection.org, collection.name, holder, int(clock()), LEASE_SECONDS)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.lost: str | None = None
+        self._thread = threading.Thread(target=self._renew_until_stopped, daemon=True, name="lease-renewal")
+        self._thread.start()
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stop.wait(LEASE_SECONDS / 3):
+            self.renew()
+
+    def renew(self) -> None:
+        with self._lock:
+            if self.lost:
+                return
+            try:
+                self._lease = self._state.renew_lease(
+                    self._collection.org, self._collection.name, self._lease, int(self._clock()), LEASE_SECONDS
+                )
+            except (StateConflict, StateUnavailable) as error:
+                self.lost = str(error)
+
+    def check(self) -> None:
+        if self.lost:
+            raise StateConflict(f"the lease on {self._collection.name} of org {self._collection.org!r} was lost")
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            if not self.lost:
+                try:
+                    self._state.release_lease(self._collection.org, self._collection.name, self._lease)
+                except StateUnavailable as error:
+                    log.warning(
+                        "org=%s could not release the lease on %s (%s); it expires by itself in %d s",
+                        self._collection.org,
+                        self._collection.name,
+                        error,
+                        LEASE_SECONDS,
+                    )
 
 
 @dataclass
 class Collector:
     source: AuditSource
     sink: RowSink
-    checkpoints: CheckpointStore
+    state: StateStore
     dead_letters: DeadLetterStore
     catalog: EventCatalog
-    overlap_seconds: int
+    holder: str
     wall_clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
-    progress: list[Callable[[Cursor], None]] = field(default_factory=list)
+    progress: list[Callable[[Collection, Cursor, CollectionReport], None]] = field(default_factory=list)
 
     def collect(self, collection: Collection, deadline: float | None = None) -> CollectionReport:
         """Advance one cursor until it is caught up, the deadline passes, or something fails."""
-        report = CollectionReport(org=collection.org)
+        report = CollectionReport(org=collection.org, collection=collection.name)
         cursor: Cursor | None = None
+        keeper: LeaseKeeper | None = None
         try:
-            cursor, etag = self.checkpoints.load(collection.key)
-            if cursor is None:
-                cursor = Cursor.starting_at(collection.first_watermark)
-            self._advance(collection, cursor, etag, report, deadline)
+            keeper = LeaseKeeper(self.state, collection, self.holder, self.wall_clock)
+            state = self.state.load_org(collection.org)
+            stored = state.cursors.get(collection.name)
+            if stored is None:
+                cursor, etag = collection.first_cursor(state), None
+            else:
+                cursor, etag = stored.cursor, stored.etag
+                cursor.restore(self.state.load_segments(collection.org, collection.name), collection.overlap_seconds)
+            etag = self._advance(collection, cursor, etag, report, deadline, keeper)
+            if cursor.finished:
+                self._fold(collection, etag)
+        except LeaseHeld as held:
+            report.status = "skipped"
+            report.error = f"another run works on it: {held}"
         except (
             SourceError,
             SinkUnavailable,
-            CheckpointConflict,
-            CheckpointUnavailable,
+            StateConflict,
+            StateUnavailable,
             DeadLetterUnavailable,
         ) as error:
             report.status = "failed"
@@ -126,24 +226,33 @@ class Collector:
             log.exception("org=%s unexpected error", collection.org)
             report.status = "failed"
             report.error = f"unexpected {type(error).__name__}: {str(error)[:300]}"
+        finally:
+            if keeper is not None:
+                keeper.release()
         if cursor is not None:
             report.lag_seconds = cursor.lag_seconds(int(self.wall_clock()))
+            report.watermark = cursor.watermark
         return report
 
     def _advance(
-        self, collection: Collection, cursor: Cursor, etag: str | None, report: CollectionReport, deadline: float | None
-    ) -> None:
-        # Fixed for the run, so a run never opens a sliver of a window just because the clock
-        # ticked while it worked; that would only re-read the overlap.
-        end_limit = collection.end_limit(int(self.wall_clock()))
+        self,
+        collection: Collection,
+        cursor: Cursor,
+        etag: str | None,
+        report: CollectionReport,
+        deadline: float | None,
+        keeper: LeaseKeeper,
+    ) -> str | None:
         token_restarted = False
         while True:
             if deadline is not None and self.monotonic() >= deadline:
                 report.status = "stopped"
-                return
+                return etag
             if cursor.window is None:
-                if not cursor.open_window(end_limit, self.overlap_seconds, collection.max_window_seconds):
-                    return
+                if not cursor.open_window(
+                    collection.end_limit, collection.overlap_seconds, collection.max_window_seconds
+                ):
+                    return etag
                 token_restarted = False
             window = cursor.window
             try:
@@ -158,7 +267,7 @@ class Collector:
                 # The saved token chain can't be trusted: the next run reads the window from its
                 # first page again, and the ledger drops what was already sent.
                 cursor.restart_window()
-                self._save(collection, cursor, etag)
+                self._save(collection, cursor, etag, report, keeper)
                 raise SourceError(
                     f"Pulumi API paging loops for org {collection.org!r}: a continuation token came back twice"
                 )
@@ -175,17 +284,38 @@ class Collector:
             report.sent += len(rows) - len(refused_by_service)
             report.dead_lettered += len(refused)
 
-            cursor.finish_page(page.next_token, self.overlap_seconds)
-            dropped = cursor.trim_ledger(MAX_LEDGER_ENTRIES, self.overlap_seconds)
-            if dropped:
-                log.warning("org=%s dedup ledger full: forgot %d old entries", collection.org, dropped)
-            etag = self._save(collection, cursor, etag)
+            cursor.finish_page(page.next_token, collection.overlap_seconds)
+            etag = self._save(collection, cursor, etag, report, keeper)
 
-    def _save(self, collection: Collection, cursor: Cursor, etag: str | None) -> str:
-        etag = self.checkpoints.save(collection.key, cursor, etag)
+    def _save(
+        self, collection: Collection, cursor: Cursor, etag: str | None, report: CollectionReport, keeper: LeaseKeeper
+    ) -> str:
+        keeper.check()
+        segment = cursor.take_segment()
+        stale = cursor.stale_segments(collection.overlap_seconds)
+        if segment is not None and segment.sequence in stale:
+            stale.remove(segment.sequence)
+            segment = None
+        etag = self.state.save_cursor(collection.org, collection.name, cursor, etag, segment)
+        if stale:
+            self.state.delete_segments(collection.org, collection.name, stale)
         for callback in self.progress:
-            callback(cursor)
+            callback(collection, cursor, report)
         return etag
+
+    def _fold(self, collection: Collection, etag: str | None) -> None:
+        """A finished lane becomes part of the org's coverage, and its cursor goes."""
+        for _ in range(FOLD_ATTEMPTS):
+            state = self.state.load_org(collection.org)
+            lane = state.cursors[collection.name]
+            try:
+                self.state.finish_lane(
+                    collection.org, collection.name, etag, fold_lane(state, lane.cursor), state.folded_etag
+                )
+                return
+            except StateConflict:
+                continue  # another lane folded at the same moment; read the coverage again
+        raise StateConflict(f"could not fold {collection.name} of org {collection.org!r} into its coverage")
 
     def _rows_of_page(
         self, org: str, cursor: Cursor, page: AuditPage, report: CollectionReport
@@ -231,33 +361,41 @@ def invalid_event_row(org: str, event: Any) -> dict[str, Any]:
     }
 
 
-def live_collection(org: str, now: int, initial_lookback_seconds: int) -> Collection:
-    return Collection(
-        org=org,
-        key=CursorKey.live(org),
-        first_watermark=now - initial_lookback_seconds,
-        end_limit=lambda current: current - SETTLE_DELAY_SECONDS,
-        max_window_seconds=LIVE_MAX_WINDOW_SECONDS,
-    )
-
-
-def backfill_collection(org: str, since: int, until: int) -> Collection:
-    return Collection(
-        org=org,
-        key=CursorKey.backfill(org, since, until),
-        first_watermark=since,
-        end_limit=lambda current: min(until, current - SETTLE_DELAY_SECONDS),
-        max_window_seconds=BACKFILL_MAX_WINDOW_SECONDS,
-    )
-
-
 def run_cycle(
-    collector: Collector, orgs: Sequence[str], initial_lookback_seconds: int, budget_seconds: float
+    collector: Collector,
+    orgs: Sequence[str],
+    initial_lookback_seconds: int,
+    overlap_seconds: int,
+    budget_seconds: float,
 ) -> list[CollectionReport]:
     """One poll of every org, exactly what the timer runs. One failing org doesn't stop the others."""
     deadline = collector.monotonic() + budget_seconds
     now = int(collector.wall_clock())
-    reports = []
-    for org in orgs:
-        reports.append(collector.collect(live_collection(org, now, initial_lookback_seconds), deadline))
-    return reports
+    return [
+        collector.collect(live_collection(org, now, initial_lookback_seconds, overlap_seconds), deadline)
+        for org in orgs
+    ]
+
+
+def ensure_live_cursor(state: StateStore, org: str, now: int, initial_lookback_seconds: int) -> OrgState:
+    """The org's state with a live cursor: a backfill reads only what lies before it."""
+    current = state.load_org(org)
+    if current.live is None:
+        first = first_live_cursor(current, now, initial_lookback_seconds)
+        with contextlib.suppress(StateConflict):  # a live run created it at the same moment
+            state.create_cursor(org, LIVE, first)
+        current = state.load_org(org)
+    return current
+
+
+def plan_backfill_lanes(
+    state: StateStore, org: str, since: int, until: int, now: int, initial_lookback_seconds: int, resend: bool
+) -> tuple[BackfillPlan, list[Collection]]:
+    """What a backfill of [since, until) sends: the lanes of an interrupted backfill to resume,
+    and new lanes over what no run delivered (the whole range with `resend`)."""
+    current = ensure_live_cursor(state, org, now, initial_lookback_seconds)
+    plan = plan_backfill(current, since, until, now, resend=resend)
+    lanes = [current.lanes[name] for name in plan.resume]
+    collections = [lane_collection(org, lane.origin, lane.until, now) for lane in lanes]
+    collections += [lane_collection(org, start, end, now) for start, end in plan.new_lanes]
+    return plan, collections

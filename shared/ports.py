@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from shared.coverage import Coverage
+from shared.cursor import Cursor, LedgerSegment
+from shared.delivery import Lease, OrgState
 
 # -- the Pulumi audit log source -------------------------------------------------------------------
 
@@ -72,3 +77,63 @@ class DeadLetterStore(Protocol):
     def list(self, org: str | None = None) -> Iterator[DeadLetter]: ...
 
     def remove(self, letter: DeadLetter) -> None: ...
+
+
+# -- the delivery state store ----------------------------------------------------------------------
+
+
+class StateUnavailable(RuntimeError):
+    """The state store could not be reached or refused the request."""
+
+
+class StateConflict(RuntimeError):
+    """The state changed since this run read it: another run is working on it."""
+
+
+class StateFormatUnknown(StateUnavailable):
+    """The stored state was written in a format this version of the connector does not know."""
+
+
+class LeaseHeld(RuntimeError):
+    """Another run holds the lease; this run leaves the collection alone."""
+
+    def __init__(self, name: str, holder: str, expires_at: int):
+        self.name, self.holder, self.expires_at = name, holder, expires_at
+        super().__init__(f"{name} is leased by {holder} until {_iso(expires_at)}")
+
+
+class StateStore(Protocol):
+    """Per org: the folded coverage, the cursors with their ledger segments, and the leases.
+
+    Writes are conditional on the ETag that was read, and the writes that must go together
+    (a cursor and its page's ledger segment; a finished lane and the coverage it adds) go
+    in one atomic transaction.
+    """
+
+    def load_org(self, org: str) -> OrgState: ...
+
+    def load_segments(self, org: str, name: str) -> list[LedgerSegment]: ...
+
+    def create_cursor(self, org: str, name: str, cursor: Cursor) -> str: ...
+
+    def save_cursor(
+        self, org: str, name: str, cursor: Cursor, etag: str | None, segment: LedgerSegment | None
+    ) -> str: ...
+
+    def delete_segments(self, org: str, name: str, sequences: Sequence[int]) -> None: ...
+
+    def finish_lane(self, org: str, name: str, etag: str | None, folded: Coverage, folded_etag: str | None) -> None: ...
+
+    def replace_live(
+        self, org: str, cursor: Cursor, etag: str | None, folded: Coverage, folded_etag: str | None
+    ) -> None: ...
+
+    def acquire_lease(self, org: str, name: str, holder: str, now: int, seconds: int) -> Lease: ...
+
+    def renew_lease(self, org: str, name: str, lease: Lease, now: int, seconds: int) -> Lease: ...
+
+    def release_lease(self, org: str, name: str, lease: Lease) -> None: ...
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

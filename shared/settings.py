@@ -22,7 +22,7 @@ class SettingsError(ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = tuple(problems)
-        super().__init__("invalid settings: " + "; ".join(problems))
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {problem}" for problem in problems))
 
 
 class Secret:
@@ -170,9 +170,11 @@ class Settings:
     sink: SinkSettings | None
     store: StoreSettings | None
     managed_identity_client_id: str | None
+    orgs: tuple[str, ...] = ()  # PULUMI_ORGS, read with the "source" or "orgs" part
 
 
 ALL_PARTS = frozenset({"source", "sink", "store"})
+# "orgs" alone reads PULUMI_ORGS without the Pulumi credentials, for the operator commands.
 
 
 def parse_duration(text: str) -> timedelta:
@@ -248,7 +250,8 @@ def load_settings(environ: Mapping[str, str], parts: frozenset[str] = ALL_PARTS)
         return value
 
     source = sink = store = None
-    if "source" in parts:
+    orgs: tuple[str, ...] = ()
+    if parts & {"source", "orgs"}:
         orgs_text = raw("PULUMI_ORGS")
         orgs = tuple(dict.fromkeys(org.strip() for org in orgs_text.split(",") if org.strip()))
         if orgs_text and not orgs:
@@ -256,6 +259,7 @@ def load_settings(environ: Mapping[str, str], parts: frozenset[str] = ALL_PARTS)
         for org in orgs:
             if problem := org_name_problem(org):
                 problems.append(f"PULUMI_ORGS: {problem}")
+    if "source" in parts:
         token = raw("PULUMI_ACCESS_TOKEN")
         if token.startswith("@Microsoft.KeyVault("):
             problems.append(
@@ -321,5 +325,9 @@ def load_settings(environ: Mapping[str, str], parts: frozenset[str] = ALL_PARTS)
     if problems:
         raise SettingsError(problems)
     return Settings(
-        source=source, sink=sink, store=store, managed_identity_client_id=raw("MANAGED_IDENTITY_CLIENT_ID") or None
+        source=source,
+        sink=sink,
+        store=store,
+        managed_identity_client_id=raw("MANAGED_IDENTITY_CLIENT_ID") or None,
+        orgs=orgs,
     )

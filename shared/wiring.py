@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -19,12 +21,12 @@ from azure.identity import DefaultAzureCredential
 from azure.monitor.ingestion import LogsIngestionClient
 
 from shared.catalog import default_catalog
-from shared.checkpoint_store import TableCheckpointStore
 from shared.dead_letter import TableDeadLetterStore
 from shared.ingestion_sink import LogsIngestionSink, default_retry_policy
 from shared.pipeline import CollectionReport, Collector, run_cycle
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Settings, SinkSettings, load_settings
+from shared.state_store import TableStateStore, table_state_store
 
 log = logging.getLogger("shared.run")
 
@@ -61,10 +63,15 @@ def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsInges
     )
 
 
+def run_holder() -> str:
+    """Who holds a lease: this host and process, and a nonce so two runs of one process differ."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def table_stores(
     settings: Settings, credential: TokenCredential | None = None
-) -> tuple[TableCheckpointStore, TableDeadLetterStore]:
-    """The checkpoint and dead-letter tables, by connection string or by identity."""
+) -> tuple[TableStateStore, TableDeadLetterStore]:
+    """The delivery state and dead-letter tables, by connection string or by identity."""
     store = settings.store
 
     def table(name: str) -> TableClient:
@@ -77,7 +84,7 @@ def table_stores(
         )
 
     return (
-        TableCheckpointStore(table(store.checkpoint_table_name)),
+        table_state_store(table(store.checkpoint_table_name)),
         TableDeadLetterStore(table(store.dead_letter_table_name)),
     )
 
@@ -85,14 +92,14 @@ def table_stores(
 def collector_from_settings(settings: Settings, credential: TokenCredential | None = None) -> Collector:
     credential = credential or azure_credential(settings)
     source = settings.source
-    checkpoints, dead_letters = table_stores(settings, credential)
+    state, dead_letters = table_stores(settings, credential)
     return Collector(
         source=PulumiAuditSource(source.pulumi_api_url, source.pulumi_token),
         sink=ingestion_sink(settings.sink, credential),
-        checkpoints=checkpoints,
+        state=state,
         dead_letters=dead_letters,
         catalog=default_catalog(),
-        overlap_seconds=int(source.late_event_overlap.total_seconds()),
+        holder=run_holder(),
     )
 
 
@@ -107,6 +114,7 @@ class Connector:
             self.collector,
             source.orgs,
             int(source.initial_lookback.total_seconds()),
+            int(source.late_event_overlap.total_seconds()),
             source.run_time_budget.total_seconds(),
         )
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from shared.checkpoint_store import CheckpointConflict, CursorKey, cursor_from_properties, cursor_to_properties
-from shared.cursor import Cursor
 from shared.dead_letter import dead_letter_key
 from shared.ports import AuditPage, ContinuationTokenRejected, DeadLetter, RefusedRow, SinkUnavailable
+from shared.state_store import MemoryEntities, TableStateStore
 
 
 class FakeAuditSource:
@@ -70,36 +68,20 @@ class FakeSink:
         return refused
 
 
-class InMemoryCheckpointStore:
-    """Stores cursors as the Table adapter's properties, with ETags."""
+class CrashingStateStore(TableStateStore):
+    """The in-memory delivery state, with a process that dies before its Nth cursor save."""
 
     def __init__(self) -> None:
-        self.entities: dict[CursorKey, tuple[dict[str, Any], str]] = {}
+        super().__init__(MemoryEntities())
         self.saves = 0
         self.fail_saves_after: int | None = None
 
-    def load(self, key: CursorKey) -> tuple[Cursor | None, str | None]:
-        if key not in self.entities:
-            return None, None
-        properties, etag = self.entities[key]
-        return cursor_from_properties(properties), etag
-
-    def save(self, key: CursorKey, cursor: Cursor, etag: str | None) -> str:
-        current = self.entities.get(key)
-        if (current[1] if current else None) != etag:
-            raise CheckpointConflict(f"checkpoint {key.kind}/{key.name} was changed by another run")
+    def save_cursor(self, org, name, cursor, etag, segment):
         if self.fail_saves_after is not None and self.saves >= self.fail_saves_after:
             raise SimulatedCrash("process died before the checkpoint write")
-        new_etag = uuid.uuid4().hex
-        self.entities[key] = (cursor_to_properties(cursor), new_etag)
+        etag = super().save_cursor(org, name, cursor, etag, segment)
         self.saves += 1
-        return new_etag
-
-    def delete(self, key: CursorKey) -> None:
-        self.entities.pop(key, None)
-
-    def keys(self) -> Iterator[CursorKey]:
-        return iter(list(self.entities))
+        return etag
 
 
 class InMemoryDeadLetterStore:

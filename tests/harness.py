@@ -13,11 +13,11 @@ from pathlib import Path
 from azure.data.tables import TableClient
 
 from shared.catalog import default_catalog
-from shared.checkpoint_store import CursorKey, TableCheckpointStore
 from shared.cursor import Cursor
 from shared.dead_letter import TableDeadLetterStore
 from shared.ports import DeadLetter
 from shared.standins import LogsIngestionStandIn, ManagedIdentityEndpointStandIn, PulumiAuditApiStandIn
+from shared.state_store import TableStateStore, table_state_store
 from shared.transform import normalize
 from shared.wiring import Connector, connector_from_environment
 
@@ -58,12 +58,15 @@ class Deployment:
         """A fresh connector, as a new Functions worker process would build it."""
         return connector_from_environment(self.environ)
 
-    def run_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """`python -m shared ...` in a real subprocess with this deployment's settings."""
-        environ = {**os.environ, **self.managed_identity.env(), **self.environ}
+    def run_cli(
+        self, *args: str, timeout: float = 60, cwd: Path = REPO_ROOT, environ: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        """`python -m shared ...` in a real subprocess with this deployment's settings (or `environ`)."""
+        settings = self.environ if environ is None else environ
+        environ = {**os.environ, **self.managed_identity.env(), **settings, "PYTHONPATH": str(REPO_ROOT)}
         return subprocess.run(
             [sys.executable, "-m", "shared", *args],
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=environ,
             capture_output=True,
             text=True,
@@ -71,9 +74,15 @@ class Deployment:
             check=False,
         )
 
+    def state(self) -> TableStateStore:
+        """The delivery state store, read and written as a separate process would."""
+        return table_state_store(
+            TableClient.from_connection_string(self.azurite_connection_string, table_name=self.table_name)
+        )
+
     def checkpoint(self, org: str = "acme") -> Cursor | None:
-        table = TableClient.from_connection_string(self.azurite_connection_string, table_name=self.table_name)
-        return TableCheckpointStore(table).load(CursorKey.live(org))[0]
+        """The org's live cursor as stored."""
+        return self.state().load_org(org).live
 
     def dead_letters(self) -> list[DeadLetter]:
         table = TableClient.from_connection_string(self.azurite_connection_string, table_name=self.table_name + "dead")

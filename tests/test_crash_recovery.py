@@ -1,7 +1,8 @@
 """Process death: a real `python -m shared run` is killed with SIGKILL at each step boundary of a
 page (see shared/pipeline.py), then run again. Nothing may be lost; a copy may land twice only
 when the kill came after the upload and before the checkpoint write, and then with the same
-EventId_s.
+EventId_s. The killed run's lease keeps its org for at most LEASE_SECONDS: a run right away
+skips it, the first run after that resumes.
 
 The kill is timed with a stand-in that holds one chosen request back (an Event wait, no sleep):
 the test kills the child as soon as that request has arrived.
@@ -10,11 +11,13 @@ the test kills the child as soon as that request has arrived.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
+from shared.pipeline import LEASE_SECONDS
 from shared.standins import Fault
 from tests.harness import start_cli
 from tests.invariants import (
@@ -161,19 +164,25 @@ def test_a_run_killed_mid_way_loses_nothing_when_run_again(point: KillPoint, wor
     for faults in (world.api.faults, world.ingestion.faults, world.managed_identity.faults):
         faults.clear()
 
-    rerun = world.deployment.run_cli("run")
-    output += rerun.stdout + rerun.stderr
+    # The killed run's lease keeps the org for at most LEASE_SECONDS: a run right away skips it...
+    blocked = world.deployment.run_cli("run")
+    output += blocked.stdout + blocked.stderr
+    assert blocked.returncode == 0 and "status=skipped" in blocked.stdout and "leased by" in blocked.stdout
+    # ...and the first run after the lease expired resumes.
+    world.now = int(time.time()) + LEASE_SECONDS + 1
+    resumed = world.run()
+    statuses = ["SIGKILL", "skipped (lease held)", *world.statuses]
     accounting = world.accounting()
     record_figures(
         f"crash: killed {point.name.replace('-', ' ')}",
         accounting,
         len(world.stored_dead_letters()),
-        ["SIGKILL", str(rerun.returncode)],
+        statuses,
         "duplicates allowed: killed after rows were accepted, before the checkpoint" if point.duplicates else "",
         "allowed" if point.duplicates else "clean",
     )
 
-    assert rerun.returncode == 0, rerun.stderr
+    assert resumed.status == "ok" and world.statuses[-1].split("/") == ["ok"] * len(world.orgs)
     assert accounting.lost == 0 and accounting.phantoms == 0
     assert accounting.new_id_duplicates == 0, "a copy landed under another EventId_s than its twin"
     if point.duplicates:

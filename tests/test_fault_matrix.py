@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from unittest import mock
 
 import pytest
 from azure.data.tables import TableClient
 
 import shared.wiring
-from shared.checkpoint_store import TableCheckpointStore
 from shared.dead_letter import TableDeadLetterStore
+from shared.pipeline import CollectionReport
 from shared.pulumi_source import MAX_RETRY_AFTER_SECONDS, PulumiAuditSource
 from shared.schema import MAX_FIELD_BYTES
 from shared.settings import Secret
 from shared.standins import Fault, LogsIngestionStandIn, event_catalog
+from shared.state_store import table_state_store
 from tests.invariants import CANARY_PULUMI_TOKEN, ORG, Scenario, World, play_and_check, row_id
 
 DISPLAY_NAMES = {event: entry["displayName"] for event, entry in event_catalog().items()}
@@ -577,59 +579,88 @@ def ingestion_accepts_but_answers_after_the_timeout(w: World) -> None:
 # == Table Storage =================================================================================
 
 
-def interleave(w: World, other_run_first: bool = False):
-    """Two connectors on the same checkpoint: B runs to completion between A's load and A's save."""
+def interleave(w: World) -> CollectionReport:
+    """Two connectors on one org: B runs to completion while A holds the org, between A's lease
+    and A's first read of the state."""
     a, b = w.connector(), w.connector()
-    load = a.collector.checkpoints.load
+    load = a.collector.state.load_org
+    skipped = []
 
-    def load_then_let_b_run(key):
-        loaded = load(key)
-        w.run(b)
-        return loaded
+    def load_then_let_b_run(org):
+        skipped.append(w.run(b))
+        return load(org)
 
-    a.collector.checkpoints.load = load_then_let_b_run
-    return w.run(a)
+    a.collector.state.load_org = load_then_let_b_run
+    report = w.run(a)
+    [other] = skipped
+    assert other.status == "skipped" and "another run works on it" in other.error and a.collector.holder in other.error
+    return report
 
 
-def checkpoint_412_from_a_concurrent_run(w: World) -> None:
-    """Another run advances the checkpoint between this run's load and save: the save is refused
-    (412), the other run's checkpoint stands, and no event is lost."""
+def a_concurrent_run_is_skipped(w: World) -> None:
+    """Another run starts while this one holds the org: it is skipped, naming the holder and the
+    lease's expiry, with no error; this run completes, and no page is sent twice."""
     w.seed()
     assert w.run().status == "ok"
     w.add([w.event(w.now - 100 + i) for i in range(12)])
-    report = interleave(w)
-    assert report.status == "failed" and "changed by another run" in report.error
-    assert w.run().status == "ok"
+    assert interleave(w).status == "ok"
 
 
-def checkpoint_409_from_a_concurrent_first_run(w: World) -> None:
-    """Two first runs race to create the checkpoint: the second create is refused (409)."""
+def a_concurrent_first_run_is_skipped(w: World) -> None:
+    """Two first runs of an org at once: the second is skipped, the first creates the state."""
     w.seed()
-    report = interleave(w)
-    assert report.status == "failed" and "changed by another run" in report.error
-    assert w.run().status == "ok"
+    assert interleave(w).status == "ok"
+
+
+def runs_started_at_once(count: int):
+    def play(w: World) -> None:
+        """Several runs start at the same moment over three orgs: for each org one works and the
+        others skip it (or find nothing left); none fails, and no page is sent twice."""
+        w.deployment.orgs = ("acme", "globex", "initech")
+        for index, org in enumerate(w.orgs):
+            w.seed(30, seed=index + 1, org=org)
+        connectors = [w.connector() for _ in range(count)]
+        start = threading.Barrier(count)
+        results: list[list[CollectionReport]] = [[] for _ in range(count)]
+
+        def run(index: int) -> None:
+            start.wait()
+            results[index] = connectors[index].run_once()
+
+        threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for reports in results:
+            w.statuses.append("/".join(report.status for report in reports))
+        statuses = [report.status for reports in results for report in reports]
+        assert "failed" not in statuses and statuses.count("ok") >= len(w.orgs), statuses
+        assert w.run().status == "ok"
+
+    return play
 
 
 def checkpoint_storage_unreachable(w: World) -> None:
-    """Table Storage unreachable: the run fails before sending anything, naming the checkpoint."""
+    """Table Storage unreachable: the run fails before sending anything, naming the org's state."""
     w.seed()
     report = w.run(w.connector(CHECKPOINT_CONNECTION_STRING=unreachable_tables(w)))
-    assert report.status == "failed" and "cannot read checkpoint live/acme" in report.error
+    assert report.status == "failed" and "cannot read the state of org 'acme'" in report.error
     assert w.ingestion.request_count == 0
     assert w.run().status == "ok"
 
 
 class SavesGoNowhere:
-    """A checkpoint store that reads from Azurite but whose writes go to an unreachable endpoint."""
+    """A state store that works against Azurite, except that its cursor saves go to an unreachable endpoint."""
 
-    def __init__(self, reads: TableCheckpointStore, writes: TableCheckpointStore):
-        self._reads, self._writes = reads, writes
+    def __init__(self, store, unreachable):
+        self._store, self._unreachable = store, unreachable
 
-    def load(self, key):
-        return self._reads.load(key)
+    def __getattr__(self, name):
+        return getattr(self._store, name)
 
-    def save(self, key, cursor, etag):
-        return self._writes.save(key, cursor, etag)
+    def save_cursor(self, *args):
+        return self._unreachable.save_cursor(*args)
 
 
 def checkpoint_storage_lost_after_upload(w: World) -> None:
@@ -638,10 +669,24 @@ def checkpoint_storage_lost_after_upload(w: World) -> None:
     w.seed()
     connector = w.connector()
     unreachable = TableClient.from_connection_string(unreachable_tables(w), table_name=w.deployment.table_name)
-    connector.collector.checkpoints = SavesGoNowhere(connector.collector.checkpoints, TableCheckpointStore(unreachable))
+    connector.collector.state = SavesGoNowhere(connector.collector.state, table_state_store(unreachable))
     report = w.run(connector)
-    assert report.status == "failed" and "cannot write checkpoint live/acme" in report.error
+    assert report.status == "failed" and "cannot write the state of org 'acme'" in report.error
     assert len(w.rows()) == 10
+    assert w.run().status == "ok"
+
+
+def state_in_an_unknown_format_version(w: World) -> None:
+    """The table holds state written by a newer connector: the org fails with a message naming the
+    version and the fix, nothing is sent, and once the operator points at a fresh table it runs."""
+    w.seed()
+    table = TableClient.from_connection_string(w.deployment.azurite_connection_string, w.deployment.table_name)
+    table.create_table()
+    table.create_entity({"PartitionKey": ORG, "RowKey": "cursor~live", "FormatVersion": 99, "Watermark": 1})
+    report = w.run()
+    assert report.status == "failed" and "format version 99" in report.error and "CHECKPOINT_TABLE_NAME" in report.error
+    assert w.ingestion.request_count == 0
+    table.delete_entity(ORG, "cursor~live")
     assert w.run().status == "ok"
 
 
@@ -728,16 +773,11 @@ SCENARIOS: list[Scenario] = [
         ingestion_accepts_but_answers_after_the_timeout,
         duplicates_allowed="the service took the batch but its answer was lost",
     ),
-    Scenario(
-        "checkpoint-412-from-a-concurrent-run",
-        checkpoint_412_from_a_concurrent_run,
-        duplicates_allowed="two runs overlapped on one window",
-    ),
-    Scenario(
-        "checkpoint-409-from-a-concurrent-first-run",
-        checkpoint_409_from_a_concurrent_first_run,
-        duplicates_allowed="two runs overlapped on one window",
-    ),
+    Scenario("a-concurrent-run-is-skipped", a_concurrent_run_is_skipped),
+    Scenario("a-concurrent-first-run-is-skipped", a_concurrent_first_run_is_skipped),
+    Scenario("two-runs-started-at-once", runs_started_at_once(2)),
+    Scenario("three-runs-started-at-once", runs_started_at_once(3)),
+    Scenario("state-in-an-unknown-format-version", state_in_an_unknown_format_version),
     Scenario("checkpoint-storage-unreachable", checkpoint_storage_unreachable),
     Scenario(
         "checkpoint-storage-lost-after-upload",

@@ -7,10 +7,11 @@ from collections import Counter
 import pytest
 
 from shared.catalog import default_catalog
-from shared.checkpoint_store import CursorKey
-from shared.pipeline import SETTLE_DELAY_SECONDS, Collector, backfill_collection, run_cycle
+from shared.delivery import lane_name
+from shared.pipeline import LIVE_MAX_WINDOW_SECONDS, SETTLE_DELAY_SECONDS, Collector, plan_backfill_lanes, run_cycle
 from shared.ports import SourceError
-from tests.fakes import FakeAuditSource, FakeSink, InMemoryCheckpointStore, InMemoryDeadLetterStore, SimulatedCrash
+from shared.state_store import memory_state_store
+from tests.fakes import CrashingStateStore, FakeAuditSource, FakeSink, InMemoryDeadLetterStore, SimulatedCrash
 
 NOW = 1_800_000_000
 LOOKBACK = 3 * 3600
@@ -44,15 +45,15 @@ def world():
     clock = Clock()
     source = FakeAuditSource(page_size=3)
     sink = FakeSink()
-    checkpoints = InMemoryCheckpointStore()
+    state = CrashingStateStore()
     dead_letters = InMemoryDeadLetterStore()
     collector = Collector(
         source=source,
         sink=sink,
-        checkpoints=checkpoints,
+        state=state,
         dead_letters=dead_letters,
         catalog=default_catalog(),
-        overlap_seconds=OVERLAP,
+        holder="test-run",
         wall_clock=clock.wall,
         monotonic=clock.monotonic,
     )
@@ -61,15 +62,16 @@ def world():
         pass
 
     w = World()
-    w.clock, w.source, w.sink, w.checkpoints, w.dead_letters, w.collector = (
+    w.clock, w.source, w.sink, w.state, w.dead_letters, w.collector = (
         clock,
         source,
         sink,
-        checkpoints,
+        state,
         dead_letters,
         collector,
     )
-    w.run = lambda orgs=("acme",), budget=480: run_cycle(collector, orgs, LOOKBACK, budget)
+    w.run = lambda orgs=("acme",), budget=480: run_cycle(collector, orgs, LOOKBACK, OVERLAP, budget)
+    w.live = lambda org="acme": state.load_org(org).live
     return w
 
 
@@ -128,7 +130,7 @@ def test_the_same_event_read_twice_gets_the_same_id(world):
     world.source.add("acme", event(NOW - 200))
     world.run()
     first_id = world.sink.rows[0]["EventId_s"]
-    world.checkpoints.delete(CursorKey.live("acme"))
+    world.collector.state = memory_state_store()
     world.run()
     assert [row["EventId_s"] for row in world.sink.rows] == [first_id, first_id]
 
@@ -138,7 +140,7 @@ def test_when_the_sink_is_unavailable_the_checkpoint_stays_and_the_next_run_send
     world.sink.unavailable_for = 1
     [report] = world.run()
     assert report.failed and "503" in report.error
-    cursor, _ = world.checkpoints.load(CursorKey.live("acme"))
+    cursor = world.live()
     assert cursor.watermark <= NOW - 500 and cursor.continuation_token is None
     world.run()
     assert sent_descriptions(world.sink) == Counter(f"e{index}" for index in range(7))
@@ -174,10 +176,10 @@ def test_a_run_past_its_time_budget_stops_cleanly_and_the_next_run_resumes_mid_w
 
 def test_a_crash_between_upload_and_checkpoint_duplicates_at_most_one_page_with_the_same_ids(world):
     world.source.add("acme", *[event(NOW - 1000 + index, description=f"e{index}") for index in range(9)])
-    world.checkpoints.fail_saves_after = 1
+    world.state.fail_saves_after = 1
     with pytest.raises(SimulatedCrash):
         world.run()
-    world.checkpoints.fail_saves_after = None
+    world.state.fail_saves_after = None
     world.run()
     counts = sent_descriptions(world.sink)
     assert set(counts) == {f"e{index}" for index in range(9)}
@@ -208,7 +210,7 @@ def test_a_token_that_loops_back_restarts_the_window_and_nothing_is_resent(world
     first, second = world.run(), world.run()
     assert first[0].failed and second[0].failed and "paging loops" in second[0].error
     assert sorted(sent_descriptions(world.sink).values()) == [1] * 6
-    cursor, _ = world.checkpoints.load(CursorKey.live("acme"))
+    cursor = world.live()
     assert cursor.window is not None and cursor.continuation_token is None  # the window is read afresh
     world.source.loop_back_at_offset = None
     world.run()
@@ -238,12 +240,17 @@ def test_the_summary_reports_lag_behind_now(world):
     assert "lag_seconds=60" in report.summary() and "sent=1" in report.summary()
 
 
+def backfill(world, since: int, until: int, resend: bool = False) -> list:
+    _, lanes = plan_backfill_lanes(world.state, "acme", since, until, int(world.clock.now), LOOKBACK, resend)
+    return [world.collector.collect(lane) for lane in lanes]
+
+
 def test_a_backfill_leaves_the_live_checkpoint_alone_and_keeps_original_event_times(world):
     old = NOW - 30 * 86400
     world.source.add("acme", *[event(old + index * 3600, description=f"old{index}") for index in range(48)])
-    report = world.collector.collect(backfill_collection("acme", old, old + 2 * 86400))
+    [report] = backfill(world, old, old + 2 * 86400)
     assert report.status == "ok" and report.sent == 48
-    assert world.checkpoints.load(CursorKey.live("acme")) == (None, None)
+    assert world.live().watermark == world.live().origin == NOW - LOOKBACK
     assert world.sink.rows[0]["EventTime_t"] == world.sink.rows[0]["TimeGenerated"]
     assert {row["Timestamp_d"] for row in world.sink.rows} == {old + index * 3600 for index in range(48)}
 
@@ -254,3 +261,116 @@ def test_an_unexpected_error_in_one_org_is_reported_and_the_others_still_run(wor
     reports = world.run(orgs=("odd", "good"))
     assert reports[0].failed and reports[0].error == "unexpected KeyError: 'surprise'"
     assert reports[1].status == "ok" and len(world.sink.rows) == 1
+
+
+def written_bytes_per_save(world) -> list[int]:
+    """Bytes each cursor save hands to the store (the cursor entity and its page's segment)."""
+    from shared.state_store import cursor_entity, segment_entity
+
+    sizes = []
+    save = world.state.save_cursor
+
+    def measured(org, name, cursor, etag, segment):
+        entities = [cursor_entity(cursor)] + ([segment_entity(segment)] if segment else [])
+        sizes.append(sum(len(repr(entity)) for entity in entities))
+        return save(org, name, cursor, etag, segment)
+
+    world.state.save_cursor = measured
+    return sizes
+
+
+def test_a_page_save_costs_what_the_page_changed_whatever_the_backlog(world):
+    world.source.page_size = 10
+    world.source.add("acme", *[event(NOW - 9000 + index, description=f"e{index}") for index in range(2000)])
+    sizes = written_bytes_per_save(world)
+    world.run()
+    assert len(world.sink.rows) == 2000
+    assert max(sizes[-20:]) <= 1.2 * max(sizes[:20])
+
+
+def test_the_ledger_holds_only_the_overlap_and_the_open_window_whatever_was_sent(world):
+    world.source.page_size = 50
+    backlog = range(NOW - LOOKBACK, NOW - SETTLE_DELAY_SECONDS, 2)
+    world.source.add("acme", *[event(timestamp, description=f"e{timestamp}") for timestamp in backlog])
+    world.run()
+    segments = world.state.load_segments("acme", "live")
+    remembered = {entry.key for segment in segments for entry in segment.entries if entry.sent}
+    assert len(world.sink.rows) == len(backlog)
+    # what the last window and the overlap hold: a live window spans at most an hour
+    assert len(remembered) <= (LIVE_MAX_WINDOW_SECONDS + OVERLAP) // 2 < len(backlog) // 2
+
+
+def test_a_rerun_backfill_sends_nothing(world):
+    old = NOW - 10 * 86400
+    world.source.add("acme", *[event(old + index * 600, description=f"old{index}") for index in range(300)])
+    backfill(world, old, old + 3 * 86400)
+    sent = len(world.sink.rows)
+    reports = backfill(world, old - 3600, old + 3 * 86400)
+    assert sent == 300 and len(world.sink.rows) == 300
+    assert [(report.collection, report.sent) for report in reports] == [(lane_name(old - 3600, old), 0)]
+
+
+def test_an_interrupted_backfill_resumes_where_it_stopped(world):
+    old = NOW - 10 * 86400
+    world.source.add("acme", *[event(old + index * 600, description=f"old{index}") for index in range(300)])
+    world.state.fail_saves_after = 20
+    with pytest.raises(SimulatedCrash):
+        backfill(world, old, old + 3 * 86400)
+    world.state.fail_saves_after = None
+    backfill(world, old, old + 3 * 86400)
+    counts = sent_descriptions(world.sink)
+    assert set(counts) == {f"old{index}" for index in range(300)}
+    assert sum(counts.values()) - 300 <= world.source.page_size  # at most the page in flight at the crash
+
+
+def test_a_backfill_fills_the_gap_a_forward_reset_left_and_nothing_else(world):
+    world.source.add("acme", *[event(NOW - LOOKBACK + index * 60, description=f"e{index}") for index in range(170)])
+    world.run()
+    from shared.delivery import plan_reset
+
+    state = world.state.load_org("acme")
+    plan = plan_reset(state, NOW + 600)
+    world.state.replace_live("acme", plan.cursor, state.cursors["live"].etag, plan.folded, state.folded_etag)
+    world.source.add("acme", *[event(NOW + index * 60, description=f"gap{index}") for index in range(10)])
+    world.clock.now += 1800
+    world.run()
+    assert not any(row["Description_s"].startswith("gap") for row in world.sink.rows)
+    world.clock.now += 60
+    backfill(world, NOW - LOOKBACK, NOW + 3600)
+    counts = sent_descriptions(world.sink)
+    assert all(count == 1 for count in counts.values())
+    assert {f"gap{index}" for index in range(10)} <= set(counts)
+
+
+def test_resend_sends_a_delivered_range_again_with_the_same_ids(world):
+    old = NOW - 10 * 86400
+    world.source.add("acme", *[event(old + index * 600, description=f"old{index}") for index in range(30)])
+    backfill(world, old, old + 86400)
+    first = {row["Description_s"]: row["EventId_s"] for row in world.sink.rows}
+    backfill(world, old, old + 86400, resend=True)
+    assert len(world.sink.rows) == 60
+    assert all(first[row["Description_s"]] == row["EventId_s"] for row in world.sink.rows)
+
+
+def test_an_org_another_run_holds_is_skipped_naming_the_holder(world):
+    world.source.add("acme", event(NOW - 300))
+    world.state.acquire_lease("acme", "live", "other-host:42:abc", NOW, 120)
+    [report] = world.run()
+    assert report.status == "skipped" and not report.failed
+    assert "other-host:42:abc" in report.error and world.sink.rows == []
+
+
+def test_a_lease_left_by_a_killed_run_delays_the_org_by_at_most_the_lease_time(world):
+    from shared.pipeline import LEASE_SECONDS
+
+    world.source.add("acme", event(NOW - 300))
+    world.state.acquire_lease("acme", "live", "killed-run", NOW, LEASE_SECONDS)
+    world.clock.now += LEASE_SECONDS + 1
+    [report] = world.run()
+    assert report.status == "ok" and len(world.sink.rows) == 1
+
+
+def test_a_run_releases_its_lease_when_it_ends(world):
+    world.source.add("acme", event(NOW - 300))
+    world.run()
+    assert world.state.load_org("acme").leases == {}

@@ -13,14 +13,14 @@ import tracemalloc
 import pytest
 
 from shared import cli
-from shared.checkpoint_store import cursor_to_properties
-from shared.cursor import Cursor
+from shared.cursor import Cursor, LedgerSegment, SegmentEntry
 from shared.ports import SourceError
 from shared.pulumi_source import MAX_RESPONSE_BYTES, PulumiAuditSource
 from shared.schema import COLUMN_NAMES
 from shared.settings import Secret, SettingsError, load_settings
 from shared.standins import Fault, RecordedRequest, Response, StandInServer
 from shared.standins.server import json_response
+from shared.state_store import cursor_entity, segment_entity
 from tests.harness import Deployment
 from tests.invariants import (
     CANARY_MONITOR_TOKEN,
@@ -200,7 +200,7 @@ def test_the_source_refuses_an_org_name_that_could_change_the_request_path(org: 
 ORG_COMMANDS = {
     "backfill": ["backfill", "--since", "2d", "--until", "1d", "--org"],
     "preview": ["preview", "--org"],
-    "checkpoint-reset": ["checkpoint", "reset", "--org"],
+    "checkpoint-reset": ["checkpoint", "reset", "--to", "1h", "--org"],
     "checkpoint-show": ["checkpoint", "show", "--org"],
     "deadletter-list": ["deadletter", "list", "--org"],
     "deadletter-replay": ["deadletter", "replay", "--org"],
@@ -335,10 +335,18 @@ def test_the_dead_letter_store_holds_only_row_data(world: World):
             assert secret not in entity_text(entity)
 
 
-def test_the_checkpoint_entity_holds_only_the_cursor(world: World):
+def _one_entry_segment() -> LedgerSegment:
+    return LedgerSegment(0, 1, (SegmentEntry(b"k" * 8, 0, 1, 1),), (b"t" * 8,))
+
+
+def test_the_state_entities_hold_only_cursor_and_ledger_fields(world: World):
     world.seed()
     world.run()
-    [entity] = raw_entities(world.deployment.azurite_connection_string, world.deployment.table_name)
-    cursor_properties = set(cursor_to_properties(Cursor.starting_at(0)))
-    ledger_chunks = {name for name in entity if re.fullmatch(r"Ledger\d+", name)}
-    assert set(entity) - ledger_chunks <= {"PartitionKey", "RowKey", *cursor_properties}
+    entities = raw_entities(world.deployment.azurite_connection_string, world.deployment.table_name)
+    allowed = {
+        "PartitionKey",
+        "RowKey",
+        *cursor_entity(Cursor.starting_at(0)),
+        *{re.sub(r"\d+$", "", name) for name in segment_entity(_one_entry_segment())},
+    }
+    assert entities and all({re.sub(r"\d+$", "", name) for name in entity} <= allowed for entity in entities)

@@ -1,0 +1,183 @@
+"""An org's delivery state as a whole, and the decisions taken on it. Pure, no I/O.
+
+The state of an org is its folded coverage (finished backfills, and what live collection
+delivered before a reset), its cursors (the live feed and any running backfill lanes,
+each covering [origin, watermark)), and the leases that say who works on which. From it
+follow: what a backfill still has to send, what a reset changes, and what
+`checkpoint show` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.coverage import Coverage, Range
+from shared.cursor import Cursor
+
+LIVE = "live"
+_LANE_PREFIX = "backfill-"
+
+
+def lane_name(start: int, end: int) -> str:
+    """A backfill lane is named by its absolute range, so a rerun finds it whatever times it was given."""
+    return f"{_LANE_PREFIX}{start:010d}-{end:010d}"
+
+
+def is_lane(name: str) -> bool:
+    return name.startswith(_LANE_PREFIX)
+
+
+@dataclass(frozen=True)
+class Lease:
+    holder: str
+    expires_at: int
+    etag: str | None = None
+
+    def active(self, now: int) -> bool:
+        return self.expires_at > now
+
+
+@dataclass(frozen=True)
+class StoredCursor:
+    cursor: Cursor
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class OrgState:
+    org: str
+    folded: Coverage = field(default_factory=Coverage)
+    folded_etag: str | None = None
+    cursors: dict[str, StoredCursor] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
+
+    @property
+    def live(self) -> Cursor | None:
+        stored = self.cursors.get(LIVE)
+        return stored.cursor if stored else None
+
+    @property
+    def lanes(self) -> dict[str, Cursor]:
+        return {name: stored.cursor for name, stored in self.cursors.items() if is_lane(name)}
+
+    def delivered(self) -> Coverage:
+        """Every event-time range delivered, by live collection and backfills alike."""
+        return self.folded.union((stored.cursor.origin, stored.cursor.watermark) for stored in self.cursors.values())
+
+    def pending(self) -> Coverage:
+        """What running backfill lanes have still to send: nobody else may take it."""
+        return Coverage.of((lane.watermark, lane.until) for lane in self.lanes.values() if lane.until is not None)
+
+    def holder(self, name: str, now: int) -> Lease | None:
+        lease = self.leases.get(name)
+        return lease if lease and lease.active(now) else None
+
+
+def first_live_cursor(state: OrgState, now: int, lookback_seconds: int) -> Cursor:
+    """Where live collection of a new org starts: INITIAL_LOOKBACK back, or after what
+    backfills already delivered or claimed there, so the two never read the same time."""
+    start = now - lookback_seconds
+    claimed = [end for _, end in state.delivered()] + [end for _, end in state.pending()]
+    return Cursor.starting_at(min(now, max([start, *claimed])))
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    """What a backfill of [since, until) does: lanes to resume, new lanes, and lanes another run holds."""
+
+    since: int
+    until: int
+    resume: tuple[str, ...]
+    new_lanes: tuple[Range, ...]
+    busy: tuple[tuple[str, Lease], ...]
+    already_delivered_seconds: int
+    resend: bool
+
+    @property
+    def resend_seconds(self) -> int:
+        return self.already_delivered_seconds if self.resend else 0
+
+
+def plan_backfill(state: OrgState, since: int, until: int, now: int, *, resend: bool = False) -> BackfillPlan:
+    """Only what is not yet delivered (all of it with `resend`), never past where live
+    collection took over, and never what a running lane still has to send."""
+    live = state.live
+    end = min(until, live.watermark) if live is not None else until
+    delivered = state.delivered().within(since, end)
+    resume, busy = [], []
+    for name, lane in sorted(state.lanes.items()):
+        if lane.until is None or lane.watermark >= end or lane.until <= since:
+            continue
+        holder = state.holder(name, now)
+        (busy.append((name, holder)) if holder else resume.append(name))
+    wanted = Coverage.of([(since, end)]) if resend else state.delivered().gaps(since, end)
+    new_lanes: list[Range] = []
+    for start, stop in wanted:
+        new_lanes.extend(state.pending().gaps(start, stop))
+    return BackfillPlan(
+        since=since,
+        until=end,
+        resume=tuple(resume),
+        new_lanes=tuple(new_lanes),
+        busy=tuple(busy),
+        already_delivered_seconds=delivered.seconds(),
+        resend=resend,
+    )
+
+
+@dataclass(frozen=True)
+class ResetPlan:
+    """A live cursor moved to `target`: back re-reads delivered time, forward leaves a gap."""
+
+    previous: int
+    target: int
+    cursor: Cursor
+    folded: Coverage
+    reread_seconds: int
+    gap_seconds: int
+
+
+def plan_reset(state: OrgState, target: int) -> ResetPlan:
+    live = state.live
+    if live is None:
+        return ResetPlan(target, target, Cursor.starting_at(target), state.folded, 0, 0)
+    folded = state.folded.union([(live.origin, live.watermark)])
+    return ResetPlan(
+        previous=live.watermark,
+        target=target,
+        cursor=live.moved_to(target),
+        folded=folded,
+        reread_seconds=folded.within(target, live.watermark).seconds(),
+        gap_seconds=folded.union(state.pending()).gaps(live.watermark, target).seconds(),
+    )
+
+
+def fold_lane(state: OrgState, lane: Cursor) -> Coverage:
+    """The folded coverage once a finished lane's range is part of it."""
+    return state.folded.union([(lane.origin, lane.watermark)])
+
+
+def describe(state: OrgState, now: int) -> dict:
+    """What `checkpoint show` reports for one org, as plain data."""
+    live = state.live
+    delivered = state.delivered()
+    lease = state.holder(LIVE, now)
+    return {
+        "org": state.org,
+        "watermark": live.watermark if live else None,
+        "lag_seconds": live.lag_seconds(now) if live else None,
+        "mid_window": bool(live and live.window is not None),
+        "delivered": list(delivered),
+        "gaps": list(delivered.internal_gaps()),
+        "live_lease": {"holder": lease.holder, "expires_at": lease.expires_at} if lease else None,
+        "backfills": [
+            {
+                "name": name,
+                "range": (lane.origin, lane.until),
+                "reached": lane.watermark,
+                "holder": holder.holder if (holder := state.holder(name, now)) else None,
+                "expires_at": holder.expires_at if holder else None,
+            }
+            for name, lane in sorted(state.lanes.items())
+        ],
+    }
