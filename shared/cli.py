@@ -168,12 +168,14 @@ def _live_origin(checkpoints: CheckpointStore, org: str, now: int) -> int:
 def _preview(args: argparse.Namespace) -> int:
     from shared.catalog import default_catalog
     from shared.pulumi_source import PulumiAuditSource
+    from shared.wiring import pulumi_tokens
 
-    settings = load_settings(os.environ, parts=frozenset({"source"})).source
+    all_settings = load_settings(os.environ, parts=frozenset({"source"}))
+    settings = all_settings.source
     now = int(time.time())
     since = parse_time(args.since, now)
     until = parse_time(args.until, now) if args.until else now
-    source = PulumiAuditSource(settings.pulumi_api_url, settings.pulumi_token)
+    source = PulumiAuditSource(settings.pulumi_api_url, pulumi_tokens(all_settings))
     catalog = default_catalog()
     for org in args.org or settings.orgs:
         printed, token, occurrences = 0, None, {}

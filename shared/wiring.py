@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from azure.core.credentials import TokenCredential
 from azure.data.tables import TableClient
 from azure.identity import DefaultAzureCredential
+from azure.keyvault.secrets import SecretClient
 from azure.monitor.ingestion import LogsIngestionClient
 
 from shared.catalog import default_catalog
@@ -23,13 +24,17 @@ from shared.checkpoint_store import TableCheckpointStore
 from shared.dead_letter import TableDeadLetterStore
 from shared.ingestion_sink import LogsIngestionSink, default_retry_policy
 from shared.pipeline import CollectionReport, Collector, run_cycle
+from shared.ports import TokenSource
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Settings, SinkSettings, load_settings
+from shared.token_source import EnvironmentToken, KeyVaultTokens
 
 log = logging.getLogger("shared.run")
 
 INGESTION_CONNECT_TIMEOUT_SECONDS = 10
 INGESTION_READ_TIMEOUT_SECONDS = 30
+KEY_VAULT_CONNECT_TIMEOUT_SECONDS = 10
+KEY_VAULT_READ_TIMEOUT_SECONDS = 30
 
 
 class CycleFailed(RuntimeError):
@@ -61,6 +66,20 @@ def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsInges
     )
 
 
+def pulumi_tokens(settings: Settings, credential: TokenCredential | None = None) -> TokenSource:
+    """Each org's token from PULUMI_TOKEN_VAULT_URL with the app's credential, else PULUMI_ACCESS_TOKEN."""
+    source = settings.source
+    if source.token_vault_url is None:
+        return EnvironmentToken(source.pulumi_token)
+    client = SecretClient(
+        source.token_vault_url,
+        credential or azure_credential(settings),
+        connection_timeout=KEY_VAULT_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=KEY_VAULT_READ_TIMEOUT_SECONDS,
+    )
+    return KeyVaultTokens(client)
+
+
 def table_stores(
     settings: Settings, credential: TokenCredential | None = None
 ) -> tuple[TableCheckpointStore, TableDeadLetterStore]:
@@ -87,7 +106,7 @@ def collector_from_settings(settings: Settings, credential: TokenCredential | No
     source = settings.source
     checkpoints, dead_letters = table_stores(settings, credential)
     return Collector(
-        source=PulumiAuditSource(source.pulumi_api_url, source.pulumi_token),
+        source=PulumiAuditSource(source.pulumi_api_url, pulumi_tokens(settings, credential)),
         sink=ingestion_sink(settings.sink, credential),
         checkpoints=checkpoints,
         dead_letters=dead_letters,

@@ -21,6 +21,7 @@ from shared.pulumi_source import MAX_RETRY_AFTER_SECONDS, PulumiAuditSource
 from shared.schema import MAX_FIELD_BYTES
 from shared.settings import Secret
 from shared.standins import Fault, LogsIngestionStandIn, event_catalog
+from shared.token_source import EnvironmentToken
 from tests.invariants import CANARY_PULUMI_TOKEN, ORG, Scenario, World, play_and_check, row_id
 
 DISPLAY_NAMES = {event: entry["displayName"] for event, entry in event_catalog().items()}
@@ -110,7 +111,7 @@ def pulumi_read_timeout(w: World) -> None:
     w.api.faults.add(Fault.delay(30, match=2))
     connector = w.connector()
     connector.collector.source = PulumiAuditSource(
-        w.api.url, Secret(CANARY_PULUMI_TOKEN), timeout=(5, SHORT_READ_TIMEOUT)
+        w.api.url, EnvironmentToken(Secret(CANARY_PULUMI_TOKEN)), timeout=(5, SHORT_READ_TIMEOUT)
     )
     assert w.run(connector).status == "ok"
     assert statuses_of(w, 2, 3) == [None, 200] and w.api.requests[2].query == w.api.requests[1].query
