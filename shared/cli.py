@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole path on local stand-ins; no Azure or Pulumi account")
     demo.add_argument("--state-dir", default=".connector-state", help="where the demo keeps its local checkpoint")
+    demo.add_argument("--vault", action="store_true", help="read each org's token from a local Key Vault stand-in")
     return parser
 
 
@@ -103,7 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from shared.demo import run_demo
 
-        return run_demo(args.state_dir)
+        return run_demo(args.state_dir, args.vault)
     if args.command == "preview":
         return _preview(args)
     if args.command == "checkpoint":
