@@ -66,18 +66,21 @@ def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsInges
     )
 
 
-def pulumi_tokens(settings: Settings, credential: TokenCredential | None = None) -> TokenSource:
-    """Each org's token from PULUMI_TOKEN_VAULT_URL with the app's credential, else PULUMI_ACCESS_TOKEN."""
-    source = settings.source
-    if source.token_vault_url is None:
-        return EnvironmentToken(source.pulumi_token)
-    client = SecretClient(
-        source.token_vault_url,
+def token_vault_client(settings: Settings, credential: TokenCredential | None = None) -> SecretClient:
+    """The PULUMI_TOKEN_VAULT_URL vault, reached with the app's credential."""
+    return SecretClient(
+        settings.source.token_vault_url,
         credential or azure_credential(settings),
         connection_timeout=KEY_VAULT_CONNECT_TIMEOUT_SECONDS,
         read_timeout=KEY_VAULT_READ_TIMEOUT_SECONDS,
     )
-    return KeyVaultTokens(client)
+
+
+def pulumi_tokens(settings: Settings, credential: TokenCredential | None = None) -> TokenSource:
+    """Each org's token from PULUMI_TOKEN_VAULT_URL, else PULUMI_ACCESS_TOKEN for every org."""
+    if settings.source.token_vault_url is None:
+        return EnvironmentToken(settings.source.pulumi_token)
+    return KeyVaultTokens(token_vault_client(settings, credential))
 
 
 def table_stores(
