@@ -280,7 +280,8 @@ def load_settings(environ: Mapping[str, str], parts: frozenset[str] = ALL_PARTS)
         token = raw("PULUMI_ACCESS_TOKEN")
         if token.startswith("@Microsoft.KeyVault("):
             problems.append(
-                "PULUMI_ACCESS_TOKEN is an unresolved Key Vault reference: grant the app's identity "
+                "PULUMI_ACCESS_TOKEN is an unresolved Key Vault reference: set PULUMI_TOKEN_VAULT_URL instead "
+                "(the app then reads each org's token itself), or grant the app's identity "
                 "'Key Vault Secrets User' on the vault and set keyVaultReferenceIdentity"
             )
         vault_url = raw("PULUMI_TOKEN_VAULT_URL").rstrip("/")
