@@ -29,6 +29,7 @@ from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Secret, load_settings
 from shared.standins import LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
 from shared.state_store import memory_state_store
+from shared.token_source import EnvironmentToken
 from shared.transform import normalize
 from shared.wiring import ingestion_sink
 
@@ -71,7 +72,7 @@ def end_to_end(backlog: int) -> dict:
     settings = load_settings(environ, parts=frozenset({"source", "sink"}))
     with tempfile.TemporaryDirectory() as state:
         collector = Collector(
-            source=PulumiAuditSource(api_url, Secret(TOKEN)),
+            source=PulumiAuditSource(api_url, EnvironmentToken(Secret(TOKEN))),
             sink=ingestion_sink(settings.sink, _Credential()),
             state=memory_state_store(),
             dead_letters=FileDeadLetterStore(Path(state) / "dead.json"),

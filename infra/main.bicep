@@ -8,7 +8,8 @@
 //
 // Nothing here reads or outputs a storage key: the storage account refuses shared keys and every
 // connection (host storage, deployment package, checkpoint tables, DCR, App Insights, Key Vault)
-// uses the user-assigned managed identity.
+// uses the user-assigned managed identity. The Pulumi tokens live in Key Vault only: the app reads
+// each org's token from there at run time (PULUMI_TOKEN_VAULT_URL), never from its app settings.
 
 targetScope = 'resourceGroup'
 
@@ -26,9 +27,13 @@ param workspaceResourceGroupName string = resourceGroup().name
 @minLength(1)
 param pulumiOrgs array
 
-@description('Pulumi access token with audit-log read access (an org-scoped service token). Stored in Key Vault only.')
+@description('A Pulumi token that reads the audit logs of every org without a token of its own; stored in Key Vault only, as secret pulumi-access-token. Empty (the default) writes no secret, so a redeploy leaves a rotated token alone.')
 @secure()
-param pulumiAccessToken string
+param pulumiAccessToken string = ''
+
+@description('Each org\'s own token (an organization access token), as { \'<org>\': \'<token>\' }; stored in Key Vault only, as secret pulumi-token-<org> (lowercase, \'_\' and \'.\' as \'-\'). Each entry writes a new secret version: leave it empty on redeploys, or set the secrets with az keyvault secret set instead (README).')
+@secure()
+param pulumiOrgTokens object = {}
 
 @description('Region of the Function App, storage, Key Vault and Application Insights (must offer Flex Consumption). The DCR always goes to the workspace region.')
 param location string = resourceGroup().location
@@ -89,7 +94,9 @@ var tableName = 'PulumiAuditLogs_CL'
 var deploymentContainerName = 'app-package'
 var checkpointTableName = 'PulumiAuditCheckpoints'
 var deadLetterTableName = 'PulumiAuditDeadLetters'
-var tokenSecretName = 'pulumi-access-token'
+// The secret names shared/token_source.py reads: pulumi-token-<org>, else the shared one.
+var sharedTokenSecretName = 'pulumi-access-token'
+var orgTokenSecretPrefix = 'pulumi-token-'
 
 // ----------------------------------------------------------------------------------------------
 // Existing workspace and the workspace-side content (custom table, Sentinel, analytic rules)
@@ -216,11 +223,12 @@ resource deadLetterTable 'Microsoft.Storage/storageAccounts/tableServices/tables
 }
 
 // ----------------------------------------------------------------------------------------------
-// Key Vault: holds the Pulumi token; the app reads it through an unversioned Key Vault reference
+// Key Vault: holds the Pulumi tokens, one secret per org (else the shared one); the app reads the
+// newest version of each at run time and caches it at most 5 minutes
 // ----------------------------------------------------------------------------------------------
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_109:App Service resolves Key Vault references over the public endpoint unless the app is VNet-integrated; 'trusted services' does not cover it. Access is RBAC-only.
+  // checkov:skip=CKV_AZURE_109:The Flex app is not VNet-integrated, so it reads its secrets over the public endpoint; 'trusted services' does not cover it. Access is RBAC-only.
   // checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109: the Flex app is not VNet-integrated, so the vault must stay reachable; only the app identity can read secrets.
   name: keyVaultName
   location: location
@@ -243,10 +251,11 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
-resource tokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_41:The token's lifetime is set in Pulumi Cloud, not here; rotation adds a new secret version (docs/DEPLOY.md) and the connector-silent rule flags an expired token.
+resource sharedTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(pulumiAccessToken)) {
+  // checkov:skip=CKV_AZURE_41:The token's lifetime is set in Pulumi Cloud, not here; rotation adds a new secret version (README) and the connector-silent rule flags an expired token.
+  // checkov:skip=CKV_AZURE_114:checkov does not read the properties of a conditional resource; contentType is 'text/plain' (tests/test_infra.py checks it).
   parent: keyVault
-  name: tokenSecretName
+  name: sharedTokenSecretName
   properties: {
     value: pulumiAccessToken
     contentType: 'text/plain'
@@ -255,6 +264,19 @@ resource tokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
     }
   }
 }
+
+resource orgTokenSecrets 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = [for org in items(pulumiOrgTokens): {
+  // checkov:skip=CKV_AZURE_41:Same as the shared token: each org token's lifetime is set in Pulumi Cloud; rotation adds a new secret version.
+  parent: keyVault
+  name: '${orgTokenSecretPrefix}${replace(replace(toLower(org.key), '_', '-'), '.', '-')}'
+  properties: {
+    value: org.value
+    contentType: 'text/plain'
+    attributes: {
+      enabled: true
+    }
+  }
+}]
 
 // ----------------------------------------------------------------------------------------------
 // Application Insights (workspace-based, Entra ID ingestion only)
@@ -324,7 +346,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
-    keyVaultReferenceIdentity: identity.id
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
@@ -359,8 +380,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           value: join(pulumiOrgs, ',')
         }
         {
-          name: 'PULUMI_ACCESS_TOKEN'
-          value: '@Microsoft.KeyVault(SecretUri=${tokenSecret.properties.secretUri})'
+          name: 'PULUMI_TOKEN_VAULT_URL'
+          value: keyVault.properties.vaultUri
         }
         {
           name: 'PULUMI_API_URL'
@@ -434,7 +455,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     }
   }
   dependsOn: [
-    // Grant the identity its roles first, so the first start can read storage and the Key Vault secret.
+    // Grant the identity its roles first, so the first start can read storage and the Key Vault secrets.
     roles
   ]
 }
@@ -461,7 +482,7 @@ output CHECKPOINT_TABLE_ENDPOINT string = storage.properties.primaryEndpoints.ta
 output CHECKPOINT_TABLE_NAME string = checkpointTable.name
 output DEAD_LETTER_TABLE_NAME string = deadLetterTable.name
 output MANAGED_IDENTITY_CLIENT_ID string = identity.properties.clientId
+output PULUMI_TOKEN_VAULT_URL string = keyVault.properties.vaultUri
 output keyVaultName string = keyVault.name
-output pulumiTokenSecretName string = tokenSecret.name
 output storageAccountName string = storage.name
 output dcrName string = dcr.outputs.name

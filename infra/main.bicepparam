@@ -1,7 +1,8 @@
 // Parameters for infra/main.bicep. Edit the values below, then:
-//   export PULUMI_AUDIT_TOKEN='pul-...'   # org-scoped service token with audit-log read access
 //   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.bicepparam
-// The token is read from the environment at deploy time; never write it into this file.
+// Tokens are read from the environment at deploy time; never write one into this file. Both token
+// parameters are optional: a deployment without them leaves the secrets in Key Vault as they are
+// (set them there with `az keyvault secret set`, see the README).
 using './main.bicep'
 
 param workspaceName = 'my-sentinel-workspace'
@@ -13,8 +14,15 @@ param pulumiOrgs = [
   'my-pulumi-org'
 ]
 
-// A variable other than PULUMI_ACCESS_TOKEN, so a personal CLI token is never picked up by mistake.
-param pulumiAccessToken = readEnvironmentVariable('PULUMI_AUDIT_TOKEN')
+// One token for every org without a token of its own (secret pulumi-access-token). A variable
+// other than PULUMI_ACCESS_TOKEN, so a personal CLI token is never picked up by mistake.
+param pulumiAccessToken = readEnvironmentVariable('PULUMI_AUDIT_TOKEN', '')
+
+// Each org's own organization access token (secret pulumi-token-<org>), one line per org; every
+// deployment with a line writes a new secret version, so comment it out again afterwards.
+param pulumiOrgTokens = {
+  // 'my-pulumi-org': readEnvironmentVariable('PULUMI_AUDIT_TOKEN_MY_PULUMI_ORG')
+}
 
 param pulumiApiUrl = 'https://api.pulumi.com'
 

@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole path on local stand-ins; no Azure or Pulumi account")
     demo.add_argument("--state-dir", default=".connector-state", help="where the demo keeps its local files")
+    demo.add_argument("--vault", action="store_true", help="read each org's token from a local Key Vault stand-in")
     return parser
 
 
@@ -155,7 +156,7 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
     if args.command == "demo":
         from shared.demo import run_demo
 
-        return run_demo(args.state_dir)
+        return run_demo(args.state_dir, args.vault)
     if args.command == "preview":
         return _preview(args, environ)
     if args.command == "checkpoint":
@@ -277,12 +278,13 @@ def _run_lanes(collector, lanes: list[Collection]) -> list[CollectionReport]:
 def _preview(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from shared.catalog import default_catalog
     from shared.pulumi_source import PulumiAuditSource
+    from shared.wiring import pulumi_tokens
 
     settings = load_settings(environ, parts=frozenset({"source"}))
     now = int(time.time())
     since = parse_time(args.since, now)
     until = parse_time(args.until, now) if args.until else now
-    source = PulumiAuditSource(settings.source.pulumi_api_url, settings.source.pulumi_token)
+    source = PulumiAuditSource(settings.source.pulumi_api_url, pulumi_tokens(settings))
     catalog = default_catalog()
     for org in _chosen_orgs(args, settings.orgs):
         printed, token, occurrences = 0, None, {}

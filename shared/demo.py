@@ -5,6 +5,7 @@ one transient 503) and a Logs Ingestion stand-in (which enforces the 1 MB limit 
 the stream schema, and answers one 429) run on 127.0.0.1. The real Pulumi client and
 the real LogsIngestionClient talk to them. The delivery state goes to Table Storage when
 CHECKPOINT_CONNECTION_STRING or CHECKPOINT_TABLE_ENDPOINT is set, else it stays in memory.
+With --vault, each org's token comes from a local Key Vault stand-in (shared/demo_vault.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,11 +22,13 @@ from azure.core.credentials import AccessToken
 
 from shared.catalog import default_catalog
 from shared.dead_letter import FileDeadLetterStore
+from shared.demo_vault import DemoVault
 from shared.pipeline import Collector, run_cycle
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import load_settings
 from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
 from shared.state_store import memory_state_store
+from shared.token_source import EnvironmentToken
 from shared.wiring import ingestion_sink, run_holder, table_stores
 
 DEMO_ORGS = ("acme", "acme-labs", "globex")
@@ -41,11 +45,12 @@ class _DemoCredential:
         return AccessToken("demo-bearer-token", int(time.time()) + 3600)
 
 
-def run_demo(state_dir: str) -> int:
+def run_demo(state_dir: str, vault: bool = False) -> int:
     now = int(time.time())
     with (
         PulumiAuditApiStandIn(DEMO_TOKEN, page_size=50, seed=1) as pulumi_api,
         LogsIngestionStandIn(DEMO_DCR, "Custom-PulumiAuditLogs") as ingestion,
+        ExitStack() as stack,
     ):
         backlog = {
             org: simulate_events(org, now - LOOKBACK_SECONDS + 60, now - 120, EVENTS_PER_ORG, seed=index)
@@ -60,6 +65,7 @@ def run_demo(state_dir: str) -> int:
             **os.environ,
             "PULUMI_ORGS": ",".join(DEMO_ORGS),
             "PULUMI_ACCESS_TOKEN": DEMO_TOKEN,
+            "PULUMI_TOKEN_VAULT_URL": "",
             "PULUMI_API_URL": pulumi_api.url,
             "LOGS_INGESTION_ENDPOINT": ingestion.url,
             "DCR_IMMUTABLE_ID": DEMO_DCR,
@@ -67,8 +73,10 @@ def run_demo(state_dir: str) -> int:
             "INITIAL_LOOKBACK": "1d",
         }
         settings = load_settings(environ, parts=frozenset({"source", "sink"}))
+        demo_vault = stack.enter_context(DemoVault(pulumi_api, DEMO_ORGS, _DemoCredential())) if vault else None
+        tokens = demo_vault.tokens if demo_vault else EnvironmentToken(settings.source.pulumi_token)
         collector = Collector(
-            source=PulumiAuditSource(settings.source.pulumi_api_url, settings.source.pulumi_token),
+            source=PulumiAuditSource(settings.source.pulumi_api_url, tokens),
             sink=ingestion_sink(settings.sink, _DemoCredential()),
             catalog=default_catalog(),
             holder=run_holder(),
@@ -78,6 +86,11 @@ def run_demo(state_dir: str) -> int:
 
         print("Pulumi audit logs -> Sentinel, on local stand-ins (nothing leaves this machine)")
         print(f"simulated Pulumi API at {pulumi_api.url}, Logs Ingestion stand-in at {ingestion.url}\n")
+        if demo_vault:
+            print(f"each org's own Pulumi token, read from a Key Vault stand-in at {demo_vault.vault.url}:")
+            for org, secret_name in demo_vault.secret_names.items():
+                print(f"  {org}: secret {secret_name}")
+            print()
         print(f"run 1: the last day, {EVENTS_PER_ORG} events per org")
         first = run_cycle(collector, DEMO_ORGS, LOOKBACK_SECONDS, overlap, budget_seconds=300)
         for report in first:
@@ -89,6 +102,10 @@ def run_demo(state_dir: str) -> int:
         }
         for org, events in late.items():
             pulumi_api.add_events(org, events)
+        if demo_vault:
+            demo_vault.rotate(DEMO_ORGS[0])
+            print(f"\n{DEMO_ORGS[0]}'s token rotated: a new version of its secret, the old token revoked in Pulumi,")
+            print("and the 5-minute token cache has run out")
         print("\nrun 2, one timer tick later: 10 events per org appeared late, inside the window run 1 read")
         next_tick = replace(collector, wall_clock=lambda: time.time() + 60)
         second = run_cycle(next_tick, DEMO_ORGS, LOOKBACK_SECONDS, overlap, budget_seconds=300)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from shared.coverage import Coverage
 from shared.cursor import Cursor, LedgerSegment
 from shared.delivery import Lease, OrgState
+from shared.settings import Secret
 
 # -- the Pulumi audit log source -------------------------------------------------------------------
 
@@ -36,6 +37,28 @@ class ContinuationTokenRejected(SourceError):
 
 class AuditSource(Protocol):
     def fetch_page(self, org: str, start: int, end: int, continuation_token: str | None) -> AuditPage: ...
+
+
+# -- the Pulumi access tokens ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrgToken:
+    """An org's Pulumi token and where it came from (named in errors, e.g. after a 401)."""
+
+    secret: Secret
+    origin: str
+
+
+class TokenUnavailable(SourceError):
+    """The org's token could not be read; only that org fails, and the message names where it looked."""
+
+
+class TokenSource(Protocol):
+    def token_for(self, org: str) -> OrgToken: ...
+
+    def forget(self, org: str) -> None:
+        """Pulumi refused the org's token: read it afresh next time (it may have been rotated)."""
 
 
 # -- the Logs Ingestion sink -----------------------------------------------------------------------

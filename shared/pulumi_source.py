@@ -2,7 +2,8 @@
 
 HTTP retries (429 and 5xx honouring Retry-After, connection resets, read timeouts)
 are urllib3's `Retry`, with Retry-After capped so a hostile header cannot stall a
-run. Errors name the org and the status, never the token.
+run. Each org's token comes from a `TokenSource` and goes on each request, never on the
+session. Errors name the org, the status and where the token came from, never the token.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared import __version__
-from shared.ports import AuditPage, ContinuationTokenRejected, SourceError
-from shared.settings import Secret, org_name_problem
+from shared.ports import AuditPage, ContinuationTokenRejected, OrgToken, SourceError, TokenSource
+from shared.settings import org_name_problem
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 MAX_RETRY_AFTER_SECONDS = 60
@@ -52,13 +53,14 @@ class PulumiAuditSource:
     def __init__(
         self,
         api_url: str,
-        token: Secret,
+        tokens: TokenSource,
         *,
         retry: Retry | None = None,
         timeout: tuple[float, float] = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self._api_url = api_url.rstrip("/")
+        self._tokens = tokens
         self._timeout = timeout
         self._max_response_bytes = max_response_bytes
         self._session = requests.Session()
@@ -66,11 +68,7 @@ class PulumiAuditSource:
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.headers.update(
-            {
-                "Authorization": f"token {token.reveal()}",
-                "Accept": "application/vnd.pulumi+8",
-                "User-Agent": f"pulumi-sentinel-connector/{__version__}",
-            }
+            {"Accept": "application/vnd.pulumi+8", "User-Agent": f"pulumi-sentinel-connector/{__version__}"}
         )
 
     def __repr__(self) -> str:
@@ -88,15 +86,19 @@ class PulumiAuditSource:
         params: dict[str, Any] = {"startTime": start, "endTime": end}
         if continuation_token:
             params["continuationToken"] = continuation_token
+        token = self._tokens.token_for(org)
+        headers = {"Authorization": f"token {token.secret.reveal()}"}
         try:
-            with self._session.get(url, params=params, timeout=self._timeout, stream=True) as response:
+            with self._session.get(url, params=params, headers=headers, timeout=self._timeout, stream=True) as response:
                 body = self._read_body(org, response)
                 status = response.status_code
                 content_type = response.headers.get("Content-Type", "")
         except requests.RequestException as error:
             raise SourceError(f"Pulumi API unreachable for org {org!r}: {type(error).__name__}") from None
+        if status == 401:
+            self._tokens.forget(org)
         if status != 200:
-            raise self._status_error(org, status, body, continuation_token)
+            raise self._status_error(org, token, status, body, continuation_token)
         return _parse_page(org, body, content_type)
 
     def _read_body(self, org: str, response: requests.Response) -> bytes:
@@ -117,12 +119,15 @@ class PulumiAuditSource:
         return b"".join(chunks)
 
     @staticmethod
-    def _status_error(org: str, status: int, body: bytes, continuation_token: str | None) -> SourceError:
+    def _status_error(
+        org: str, token: OrgToken, status: int, body: bytes, continuation_token: str | None
+    ) -> SourceError:
         if status == 401:
-            return SourceError(f"Pulumi API rejected the access token for org {org!r} (401): check PULUMI_ACCESS_TOKEN")
+            return SourceError(f"Pulumi API rejected the access token for org {org!r} (401): check {token.origin}")
         if status == 403:
             return SourceError(
-                f"the access token may not read the audit logs of org {org!r} (403): it must belong to an org admin"
+                f"the access token may not read the audit logs of org {org!r} (403): it must be that org's token "
+                f"or an org admin's; check {token.origin}"
             )
         if status == 404:
             return SourceError(

@@ -61,10 +61,17 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("PULUMI_ORGS", None, "acme,acme-labs", "Pulumi organizations to collect, comma-separated"),
     SettingSpec(
         "PULUMI_ACCESS_TOKEN",
-        None,
-        "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/pulumi-token/)",
-        "Pulumi access token of an org admin (an org-scoped service token); in Azure a Key Vault reference",
+        "",
+        "pul-0123456789abcdef0123456789abcdef01234567",
+        "One Pulumi access token for every org, for local runs (use this or PULUMI_TOKEN_VAULT_URL)",
         secret=True,
+    ),
+    SettingSpec(
+        "PULUMI_TOKEN_VAULT_URL",
+        "",
+        "https://kv-name.vault.azure.net",
+        "Key Vault holding each org's token as secret pulumi-token-<org> (else pulumi-access-token), "
+        "read at run time and cached at most 5 minutes (use this or PULUMI_ACCESS_TOKEN)",
     ),
     SettingSpec("PULUMI_API_URL", "https://api.pulumi.com", "https://api.pulumi.com", "Pulumi Cloud API base URL"),
     SettingSpec(
@@ -136,7 +143,8 @@ class SourceSettings:
     """What reading the Pulumi audit API needs."""
 
     orgs: tuple[str, ...]
-    pulumi_token: Secret
+    pulumi_token: Secret | None  # one token for every org, or None when tokens come from the vault
+    token_vault_url: str | None
     pulumi_api_url: str
     initial_lookback: timedelta
     late_event_overlap: timedelta
@@ -218,6 +226,19 @@ def _url_problem(name: str, url: str) -> str | None:
     return None
 
 
+def _vault_url_problem(url: str) -> str | None:
+    """The URL check, stricter: the Key Vault client sends its bearer token over https only, even on
+    loopback, and takes the vault's root URL."""
+    parts = urlsplit(url)
+    if parts.scheme == "http":
+        return f"PULUMI_TOKEN_VAULT_URL must use https:// (the Key Vault client refuses plain http), got {url!r}"
+    if problem := _url_problem("PULUMI_TOKEN_VAULT_URL", url):
+        return problem
+    if parts.path.strip("/"):
+        return "PULUMI_TOKEN_VAULT_URL must be the vault's URL without a path, like https://kv-name.vault.azure.net"
+    return None
+
+
 def load_settings(environ: Mapping[str, str], parts: frozenset[str] = ALL_PARTS) -> Settings:
     """Read and check the settings of `parts`; raise SettingsError listing every problem."""
     problems: list[str] = []
@@ -263,15 +284,25 @@ def load_settings(environ: Mapping[str, str], parts: frozenset[str] = ALL_PARTS)
         token = raw("PULUMI_ACCESS_TOKEN")
         if token.startswith("@Microsoft.KeyVault("):
             problems.append(
-                "PULUMI_ACCESS_TOKEN is an unresolved Key Vault reference: grant the app's identity "
+                "PULUMI_ACCESS_TOKEN is an unresolved Key Vault reference: set PULUMI_TOKEN_VAULT_URL instead "
+                "(the app then reads each org's token itself), or grant the app's identity "
                 "'Key Vault Secrets User' on the vault and set keyVaultReferenceIdentity"
             )
+        vault_url = raw("PULUMI_TOKEN_VAULT_URL").rstrip("/")
+        if bool(token) == bool(vault_url):
+            problems.append(
+                "set exactly one of PULUMI_ACCESS_TOKEN (one token for every org) and PULUMI_TOKEN_VAULT_URL "
+                f"(a token per org from Key Vault); {'both are' if token else 'neither is'} set"
+            )
+        if vault_url and (problem := _vault_url_problem(vault_url)):
+            problems.append(problem)
         schedule = raw("TIMER_SCHEDULE")
         if len(schedule.split()) != 6:
             problems.append(f"TIMER_SCHEDULE must be a 6-field NCRONTAB expression, got {schedule!r}")
         source = SourceSettings(
             orgs=orgs,
-            pulumi_token=Secret(token),
+            pulumi_token=Secret(token) if token else None,
+            token_vault_url=vault_url or None,
             pulumi_api_url=url("PULUMI_API_URL"),
             initial_lookback=duration("INITIAL_LOOKBACK"),
             late_event_overlap=duration("LATE_EVENT_OVERLAP"),

@@ -18,20 +18,25 @@ from urllib.parse import urlsplit
 from azure.core.credentials import TokenCredential
 from azure.data.tables import TableClient
 from azure.identity import DefaultAzureCredential
+from azure.keyvault.secrets import SecretClient
 from azure.monitor.ingestion import LogsIngestionClient
 
 from shared.catalog import default_catalog
 from shared.dead_letter import TableDeadLetterStore
 from shared.ingestion_sink import LogsIngestionSink, default_retry_policy
 from shared.pipeline import CollectionReport, Collector, run_cycle
+from shared.ports import TokenSource
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Settings, SinkSettings, load_settings
 from shared.state_store import TableStateStore, table_state_store
+from shared.token_source import EnvironmentToken, KeyVaultTokens
 
 log = logging.getLogger("shared.run")
 
 INGESTION_CONNECT_TIMEOUT_SECONDS = 10
 INGESTION_READ_TIMEOUT_SECONDS = 30
+KEY_VAULT_CONNECT_TIMEOUT_SECONDS = 10
+KEY_VAULT_READ_TIMEOUT_SECONDS = 30
 
 
 class CycleFailed(RuntimeError):
@@ -66,6 +71,21 @@ def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsInges
 def run_holder() -> str:
     """Who holds a lease: this host and process, and a nonce so two runs of one process differ."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def token_vault_client(settings: Settings, credential: TokenCredential | None = None) -> SecretClient:
+    """The PULUMI_TOKEN_VAULT_URL vault, reached with the app's credential."""
+    return SecretClient(
+        settings.source.token_vault_url,
+        credential or azure_credential(settings),
+        connection_timeout=KEY_VAULT_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=KEY_VAULT_READ_TIMEOUT_SECONDS,
+    )
+
+
+def pulumi_tokens(settings: Settings, credential: TokenCredential | None = None) -> TokenSource:
+    """Each org's token from PULUMI_TOKEN_VAULT_URL, else PULUMI_ACCESS_TOKEN for every org."""
+    if settings.source.token_vault_url is None:
+        return EnvironmentToken(settings.source.pulumi_token)
+    return KeyVaultTokens(token_vault_client(settings, credential))
 
 
 def table_stores(
@@ -94,7 +114,7 @@ def collector_from_settings(settings: Settings, credential: TokenCredential | No
     source = settings.source
     state, dead_letters = table_stores(settings, credential)
     return Collector(
-        source=PulumiAuditSource(source.pulumi_api_url, source.pulumi_token),
+        source=PulumiAuditSource(source.pulumi_api_url, pulumi_tokens(settings, credential)),
         sink=ingestion_sink(settings.sink, credential),
         state=state,
         dead_letters=dead_letters,

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 
 from shared.schema import DEFAULT_STREAM_NAME  # noqa: E402
 from shared.standins import (  # noqa: E402
+    KeyVaultStandIn,
     LogsIngestionStandIn,
     ManagedIdentityEndpointStandIn,
     PulumiAuditApiStandIn,
@@ -245,6 +246,14 @@ def managed_identity(monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(name, value)
         yield endpoint
     _fail_on_standin_errors(endpoint)
+
+
+@pytest.fixture
+def key_vault(tls_ca: TlsTestCA, managed_identity):
+    """A Key Vault stand-in over HTTPS that accepts the local managed identity's token only."""
+    with KeyVaultStandIn(ssl_context=tls_ca.server_context(), expected_token=managed_identity.access_token) as vault:
+        yield vault
+    _fail_on_standin_errors(vault)
 
 
 class StaticTokenCredential:

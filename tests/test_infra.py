@@ -17,6 +17,7 @@ import pytest
 
 from shared.schema import COLUMN_NAMES, COLUMNS, DEFAULT_STREAM_NAME, TABLE_NAME
 from shared.settings import SETTING_SPECS
+from shared.token_source import DEFAULT_SECRET_NAME, ORG_SECRET_PREFIX, org_secret_name
 from tests import infra_model as im
 
 SCHEMA_COLUMNS = [(column.name, column.type) for column in COLUMNS]
@@ -80,7 +81,7 @@ HOST_SETTINGS = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
-LOCAL_ONLY_SETTINGS = {"CHECKPOINT_CONNECTION_STRING"}
+LOCAL_ONLY_SETTINGS = {"CHECKPOINT_CONNECTION_STRING", "PULUMI_ACCESS_TOKEN"}
 FLEX_FORBIDDEN_SETTINGS = {
     "FUNCTIONS_WORKER_RUNTIME",
     "FUNCTIONS_EXTENSION_VERSION",
@@ -439,17 +440,51 @@ def secure_parameters() -> set[str]:
     return names
 
 
-def test_token_parameter_is_secure_without_default():
-    parameter = main_tree()["parameters"]["pulumiAccessToken"]
+TOKEN_PARAMETERS = {"pulumiAccessToken": ("string", ""), "pulumiOrgTokens": ("object", {})}
+
+
+@pytest.mark.parametrize("name", TOKEN_PARAMETERS)
+def test_token_parameters_are_secure_and_empty_unless_given(name: str):
+    parameter = main_tree()["parameters"][name]
     assert {"type": "secure"} in parameter["decorators"]
-    assert parameter["default"] is None
+    assert (parameter["type"], parameter["default"]) == TOKEN_PARAMETERS[name]
 
 
-def test_token_parameter_is_used_only_as_the_key_vault_secret_value():
+def test_the_shared_token_is_written_only_when_given_and_only_as_its_secrets_value():
     tree = main_tree()
     users = [symbol for symbol, resource in tree["resources"].items() if "pulumiAccessToken" in im.strings_in(resource)]
-    assert users == ["tokenSecret"]
-    assert im.body(tree["resources"]["tokenSecret"])["properties"]["value"] == "pulumiAccessToken"
+    assert users == ["sharedTokenSecret"]
+    secret = tree["resources"]["sharedTokenSecret"]
+    written_if = {"function": {"type": "empty", "parameters": {"item_to_test": "pulumiAccessToken"}}}
+    assert im.condition(secret) == {"operator": {"type": "not", "operands": {"bool_value": written_if}}}
+    assert im.body(secret)["properties"]["value"] == "pulumiAccessToken"
+    assert im.body(secret)["properties"]["contentType"] == "text/plain"
+    assert im.resolve(tree, im.body(secret)["name"]) == DEFAULT_SECRET_NAME
+
+
+def test_each_org_token_is_written_only_as_the_value_of_that_orgs_secret():
+    tree = main_tree()
+    users = [symbol for symbol, resource in tree["resources"].items() if "pulumiOrgTokens" in im.strings_in(resource)]
+    assert users == ["orgTokenSecrets"]
+    secrets = tree["resources"]["orgTokenSecrets"]
+    loop = secrets["config"]["loop_type"]["detail"]
+    assert loop["item_name"] == "org" and loop["array_name"]["function"]["type"] == "items"
+    assert im.accessor_path(im.body(secrets)["properties"]["value"]) == "org.value"
+    assert im.body(secrets)["properties"]["contentType"] == "text/plain"
+
+
+@pytest.mark.parametrize("org", ["acme", "Acme_Labs.EU", "GLOBEX-2"])
+def test_the_org_secret_names_bicep_writes_are_the_names_the_code_reads(org: str):
+    tree = main_tree()
+    name = im.body(tree["resources"]["orgTokenSecrets"])["name"]
+    prefix, expression = re.fullmatch(r"\$\{(\w+)\}\$\{(.*)\}", name).groups()
+    assert im.resolve(tree, prefix) == ORG_SECRET_PREFIX
+    # replace(replace(toLower(org.key), '_', '-'), '.', '-'): org names hold only letters, digits, '-', '_', '.'
+    assert re.fullmatch(r"(replace\()+toLower\(org\.key\)(, '[^']', '-'\))+", expression), expression
+    written = org.lower()
+    for character in re.findall(r"'([^'])', '-'", expression):
+        written = written.replace(character, "-")
+    assert ORG_SECRET_PREFIX + written == org_secret_name(org)
 
 
 def test_no_output_contains_a_secret():
@@ -529,7 +564,7 @@ def test_function_app_uses_the_user_assigned_identity_everywhere():
     identity = site()["identity"]
     assert identity["type"] == "UserAssigned"
     assert [im.unquote(key) for key in identity["userAssignedIdentities"]] == ["${identity.id}"]
-    assert im.accessor_path(properties["keyVaultReferenceIdentity"]) == "identity.id"
+    assert "keyVaultReferenceIdentity" not in properties  # no Key Vault reference: tokens are read at run time
     authentication = properties["functionAppConfig"]["deployment"]["storage"]["authentication"]
     assert authentication["type"] == "UserAssignedIdentity"
     assert im.accessor_path(authentication["userAssignedIdentityResourceId"]) == "identity.id"
@@ -574,9 +609,14 @@ def test_no_app_setting_is_key_based():
         assert "CONNECTION_STRING" not in name or name == "APPLICATIONINSIGHTS_CONNECTION_STRING", name
 
 
-def test_token_setting_is_an_unversioned_key_vault_reference():
-    value = im.app_settings()["PULUMI_ACCESS_TOKEN"]
-    assert value == "@Microsoft.KeyVault(SecretUri=${tokenSecret.properties.secretUri})"
+def test_the_app_reads_the_tokens_from_the_deployments_vault_at_run_time():
+    settings = im.app_settings()
+    assert im.accessor_path(settings["PULUMI_TOKEN_VAULT_URL"]) == "keyVault.properties.vaultUri"
+    assert "PULUMI_ACCESS_TOKEN" not in settings
+    assert not any("@Microsoft.KeyVault" in text for value in settings.values() for text in im.strings_in(value))
+    assert (KEY_VAULT_SECRETS_USER, "Microsoft.KeyVault/vaults") in role_assignments()
+    params = main_tree()["modules"]["roles"]["config"]["params"]
+    assert im.accessor_path(params["keyVaultName"]) == "keyVault.name"
 
 
 def test_app_settings_point_at_the_deployed_dcr_and_storage():
@@ -652,11 +692,12 @@ def test_outputs_give_everything_local_settings_and_publish_need():
         "DEAD_LETTER_TABLE_NAME",
         "MANAGED_IDENTITY_CLIENT_ID",
         "keyVaultName",
-        "pulumiTokenSecretName",
+        "PULUMI_TOKEN_VAULT_URL",
     ):
         assert name in outputs, f"missing output {name}"
     settings = im.app_settings()
     for name in (
+        "PULUMI_TOKEN_VAULT_URL",
         "LOGS_INGESTION_ENDPOINT",
         "DCR_IMMUTABLE_ID",
         "CHECKPOINT_TABLE_ENDPOINT",
@@ -665,11 +706,14 @@ def test_outputs_give_everything_local_settings_and_publish_need():
         assert outputs[name]["value"] == settings[name], f"output {name} differs from the app setting"
 
 
-def test_parameters_file_reads_the_token_from_the_environment():
+def test_parameters_file_reads_tokens_from_the_environment_and_writes_none_unless_given():
     text = (im.INFRA / "main.bicepparam").read_text()
     assert re.search(r"^using '\./main\.bicep'$", text, re.M)
     token_lines = [line for line in text.splitlines() if line.startswith("param pulumiAccessToken")]
-    assert token_lines == ["param pulumiAccessToken = readEnvironmentVariable('PULUMI_AUDIT_TOKEN')"]
+    assert token_lines == ["param pulumiAccessToken = readEnvironmentVariable('PULUMI_AUDIT_TOKEN', '')"]
+    org_tokens = re.search(r"^param pulumiOrgTokens = \{\n(.*?)^\}", text, re.M | re.S).group(1)
+    assert all(line.strip().startswith("//") for line in org_tokens.splitlines()), "no org token by default"
+    assert re.findall(r"readEnvironmentVariable\('PULUMI_AUDIT_TOKEN_\w+'\)", org_tokens)
     assert not re.search(r"pul-[0-9a-f]{8,}", text)
 
 

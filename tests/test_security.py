@@ -21,6 +21,7 @@ from shared.settings import Secret, SettingsError, load_settings
 from shared.standins import Fault, RecordedRequest, Response, StandInServer
 from shared.standins.server import json_response
 from shared.state_store import cursor_entity, segment_entity
+from shared.token_source import EnvironmentToken
 from tests.harness import Deployment
 from tests.invariants import (
     CANARY_MONITOR_TOKEN,
@@ -191,7 +192,7 @@ def test_settings_refuse_an_org_name_that_could_change_the_request_path(org: str
     ],
 )
 def test_the_source_refuses_an_org_name_that_could_change_the_request_path(org: str, pulumi_api):
-    source = PulumiAuditSource(pulumi_api.url, Secret("token"))
+    source = PulumiAuditSource(pulumi_api.url, EnvironmentToken(Secret("token")))
     with pytest.raises(SourceError, match="is not a Pulumi organization name"):
         source.fetch_page(org, 0, 60, None)
     assert pulumi_api.request_count == 0
@@ -290,7 +291,7 @@ MB = 1024 * 1024
 def test_a_100_mb_response_is_refused_without_being_read(chunked: bool, most_read: int, most_held: int, pulumi_api):
     pulumi_api.add_org("acme")
     pulumi_api.faults.add(Fault.large_body(HUNDRED_MB, chunked=chunked))
-    source = PulumiAuditSource(pulumi_api.url, Secret(pulumi_api.expected_token))
+    source = PulumiAuditSource(pulumi_api.url, EnvironmentToken(Secret(pulumi_api.expected_token)))
     tracemalloc.start()
     try:
         with pytest.raises(SourceError, match=r"for org 'acme' .*byte cap"):

@@ -44,8 +44,9 @@ def test_settings_are_immutable():
 
 def test_every_missing_required_setting_is_reported_at_once():
     problems = problems_of({})
-    for name in ("PULUMI_ORGS", "PULUMI_ACCESS_TOKEN", "LOGS_INGESTION_ENDPOINT", "DCR_IMMUTABLE_ID"):
+    for name in ("PULUMI_ORGS", "LOGS_INGESTION_ENDPOINT", "DCR_IMMUTABLE_ID"):
         assert any(problem.startswith(f"{name} is required") for problem in problems), name
+    assert any("PULUMI_ACCESS_TOKEN" in problem and "PULUMI_TOKEN_VAULT_URL" in problem for problem in problems)
     assert any("CHECKPOINT_TABLE_ENDPOINT" in problem for problem in problems)
 
 
@@ -93,6 +94,51 @@ def test_a_partial_app_registration_names_what_is_missing():
 def test_an_unresolved_key_vault_reference_says_how_to_fix_it():
     [problem] = problems_of({**VALID, "PULUMI_ACCESS_TOKEN": "@Microsoft.KeyVault(SecretUri=https://kv/secrets/t/)"})
     assert "Key Vault Secrets User" in problem
+
+
+VAULT = "https://kv-name.vault.azure.net"
+
+
+def test_a_token_vault_instead_of_a_token_reads_each_orgs_token_from_the_vault():
+    settings = load_settings({**VALID, "PULUMI_ACCESS_TOKEN": "", "PULUMI_TOKEN_VAULT_URL": VAULT + "/"})
+    assert settings.source.token_vault_url == VAULT
+    assert settings.source.pulumi_token is None
+
+
+def test_a_token_alone_is_one_token_for_every_org():
+    settings = load_settings(VALID)
+    assert settings.source.token_vault_url is None
+    assert settings.source.pulumi_token.reveal() == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("token", "vault", "state"), [(TOKEN, VAULT, "both are set"), ("", "", "neither is set")], ids=["both", "neither"]
+)
+def test_the_token_and_the_token_vault_are_mutually_exclusive(token, vault, state):
+    [problem] = problems_of({**VALID, "PULUMI_ACCESS_TOKEN": token, "PULUMI_TOKEN_VAULT_URL": vault})
+    assert problem.startswith("set exactly one of PULUMI_ACCESS_TOKEN")
+    assert "PULUMI_TOKEN_VAULT_URL" in problem and problem.endswith(state)
+    assert TOKEN not in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("http://kv-name.vault.azure.net", "must use https://"),
+        ("http://127.0.0.1:8443", "must use https://"),  # the Key Vault client refuses plain http, even on loopback
+        ("https://kv-name.vault.azure.net/secrets/pulumi-token-acme", "without a path"),
+        ("https://kv-name.vault.azure.net?x=1", "plain base URL"),
+        ("kv-name.vault.azure.net", "must be an https:// URL"),
+    ],
+)
+def test_a_token_vault_url_must_be_the_vaults_https_root(url, complaint):
+    [problem] = problems_of({**VALID, "PULUMI_ACCESS_TOKEN": "", "PULUMI_TOKEN_VAULT_URL": url})
+    assert problem.startswith("PULUMI_TOKEN_VAULT_URL") and complaint in problem
+
+
+def test_a_token_vault_on_loopback_is_accepted_over_https():
+    settings = load_settings({**VALID, "PULUMI_ACCESS_TOKEN": "", "PULUMI_TOKEN_VAULT_URL": "https://127.0.0.1:8443"})
+    assert settings.source.token_vault_url == "https://127.0.0.1:8443"
 
 
 def test_a_command_is_only_checked_for_the_parts_it_uses():

@@ -70,7 +70,7 @@ resource storageTableContributor 'Microsoft.Authorization/roleAssignments@2022-0
   }
 }
 
-// Resolve the PULUMI_ACCESS_TOKEN Key Vault reference.
+// Read each org's Pulumi token from this vault at run time (PULUMI_TOKEN_VAULT_URL).
 resource keyVaultSecretsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(keyVault.id, principalId, keyVaultSecretsUser)
   scope: keyVault
@@ -78,7 +78,7 @@ resource keyVaultSecretsReader 'Microsoft.Authorization/roleAssignments@2022-04-
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
     principalId: principalId
     principalType: 'ServicePrincipal'
-    description: 'Pulumi audit connector: read the Pulumi token secret.'
+    description: 'Pulumi audit connector: read the Pulumi token secrets.'
   }
 }
 

@@ -4,6 +4,7 @@ Used by `python -m shared demo` over plain http on 127.0.0.1, and by the tests o
 with a test CA. See each module for the behaviour it reproduces.
 """
 
+from shared.standins.key_vault import KeyVaultStandIn
 from shared.standins.logs_ingestion import LogsIngestionStandIn, OversizedField
 from shared.standins.managed_identity import ManagedIdentityEndpointStandIn, TokenRequest
 from shared.standins.pulumi_api import PulumiAuditApiStandIn
@@ -13,6 +14,7 @@ from shared.standins.simulated_events import event_catalog, simulate_events
 __all__ = [
     "Fault",
     "FaultScript",
+    "KeyVaultStandIn",
     "LogsIngestionStandIn",
     "ManagedIdentityEndpointStandIn",
     "OversizedField",

@@ -2,7 +2,9 @@
 
 It behaves the way a careful client has to assume the real service may behave:
 
-* `Authorization: token <token>` is required (401 otherwise); an unknown org is a 404.
+* `Authorization: token <token>` is required (401 otherwise); an unknown org is a 404. The
+  token is `expected_token`, or for an org listed in `org_tokens` one of that org's own tokens
+  (an org-scoped token reads its org only; during a rotation both old and new are valid).
 * `startTime` and `endTime` are both inclusive bounds on the event's `timestamp`.
 * Events come back in a deterministic but shuffled order: no ordering is promised.
 * Pages hold `page_size` events. While more remain the page carries an opaque
@@ -61,6 +63,7 @@ class PulumiAuditApiStandIn(StandInServer):
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self.expected_token = expected_token
+        self.org_tokens: dict[str, set[str]] = {}
         self.page_size = page_size
         self.seed = seed
         self._events: dict[str, list[dict[str, Any]]] = {}
@@ -123,10 +126,11 @@ class PulumiAuditApiStandIn(StandInServer):
             return self.error_response(404, "Not Found")
         if request.method != "GET":
             return self.error_response(405, "Method Not Allowed")
-        if request.headers.get("Authorization") != f"token {self.expected_token}":
+        org = unquote(match["org"])
+        accepted = self.org_tokens.get(org, {self.expected_token})
+        if request.headers.get("Authorization") not in {f"token {token}" for token in accepted}:
             return self.error_response(401, UNAUTHORIZED_MESSAGE)
 
-        org = unquote(match["org"])
         with self._events_lock:
             stored = self._events.get(org)
             total_stored = len(stored) if stored is not None else 0
