@@ -48,18 +48,21 @@ param lateEventOverlap string = '10m'
 @description('A run stops cleanly after this long and resumes on the next run.')
 param runTimeBudget string = '8m'
 
-@description('Interactive (Analytics) retention of the PulumiAuditLogs_CL table, in days.')
+@description('Interactive (Analytics) retention of the PulumiAuditLogs_CL and PulumiAuditConnectorHealth_CL tables, in days.')
 @minValue(4)
 @maxValue(730)
 param tableRetentionInDays int = 90
 
-@description('Total retention (interactive + long-term) of the PulumiAuditLogs_CL table, in days.')
+@description('Total retention (interactive + long-term) of the PulumiAuditLogs_CL and PulumiAuditConnectorHealth_CL tables, in days.')
 @minValue(4)
 @maxValue(4383)
 param tableTotalRetentionInDays int = 365
 
 @description('Create the Microsoft Sentinel scheduled analytic rules.')
 param deployAnalyticRules bool = true
+
+@description('Create the connector health rules (failing organization, lag, dead letters, connector down, no data).')
+param deployHealthRules bool = true
 
 @description('Onboard Microsoft Sentinel on the workspace. Leave false when Sentinel is already enabled there.')
 param onboardSentinel bool = false
@@ -86,13 +89,14 @@ var functionAppName = 'func-${baseName}-${suffix}'
 var dcrName = 'dcr-${baseName}-${suffix}'
 
 var tableName = 'PulumiAuditLogs_CL'
+var healthTableName = 'PulumiAuditConnectorHealth_CL'
 var deploymentContainerName = 'app-package'
 var checkpointTableName = 'PulumiAuditCheckpoints'
 var deadLetterTableName = 'PulumiAuditDeadLetters'
 var tokenSecretName = 'pulumi-access-token'
 
 // ----------------------------------------------------------------------------------------------
-// Existing workspace and the workspace-side content (custom table, Sentinel, analytic rules)
+// Existing workspace and the workspace-side content (custom tables, Sentinel, rules)
 // ----------------------------------------------------------------------------------------------
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
@@ -108,6 +112,8 @@ module workspaceContent 'modules/workspace.bicep' = {
     tableRetentionInDays: tableRetentionInDays
     tableTotalRetentionInDays: tableTotalRetentionInDays
     deployAnalyticRules: deployAnalyticRules
+    deployHealthRules: deployHealthRules
+    pulumiOrgs: pulumiOrgs
     onboardSentinel: onboardSentinel
   }
 }
@@ -135,6 +141,7 @@ module dcr 'modules/dcr.bicep' = {
     location: workspace.location
     workspaceResourceId: workspace.id
     outputStream: 'Custom-${tableName}'
+    healthOutputStream: 'Custom-${healthTableName}'
     tags: tags
   }
   dependsOn: [
@@ -379,6 +386,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           value: dcr.outputs.streamName
         }
         {
+          name: 'DCR_HEALTH_STREAM_NAME'
+          value: dcr.outputs.healthStreamName
+        }
+        {
           name: 'MANAGED_IDENTITY_CLIENT_ID'
           value: identity.properties.clientId
         }
@@ -457,6 +468,7 @@ output functionAppName string = functionApp.name
 output LOGS_INGESTION_ENDPOINT string = dcr.outputs.logsIngestionEndpoint
 output DCR_IMMUTABLE_ID string = dcr.outputs.immutableId
 output DCR_STREAM_NAME string = dcr.outputs.streamName
+output DCR_HEALTH_STREAM_NAME string = dcr.outputs.healthStreamName
 output CHECKPOINT_TABLE_ENDPOINT string = storage.properties.primaryEndpoints.table
 output CHECKPOINT_TABLE_NAME string = checkpointTable.name
 output DEAD_LETTER_TABLE_NAME string = deadLetterTable.name

@@ -29,5 +29,8 @@ param tableTotalRetentionInDays = 365
 
 param deployAnalyticRules = true
 
+// The connector's health rules (failing organization, lag, dead letters, connector down, no data).
+param deployHealthRules = true
+
 // Set to true only if Microsoft Sentinel is not enabled on the workspace yet.
 param onboardSentinel = false
