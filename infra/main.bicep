@@ -64,6 +64,18 @@ param deployAnalyticRules bool = true
 @description('Create the connector health rules (failing organization, lag, dead letters, connector down, no data).')
 param deployHealthRules bool = true
 
+@description('Show the connector on the Sentinel Data connectors page.')
+param deployDataConnector bool = true
+
+@description('Create the Pulumi audit workbook (Sentinel > Workbooks).')
+param deployWorkbook bool = true
+
+@description('Create the ASIM Audit Event parser, the workspace function vimAuditEventPulumiCloud.')
+param deployAsimParser bool = true
+
+@description('Create the hunting queries (Sentinel > Hunting).')
+param deployHuntingQueries bool = true
+
 @description('Onboard Microsoft Sentinel on the workspace. Leave false when Sentinel is already enabled there.')
 param onboardSentinel bool = false
 
@@ -96,7 +108,7 @@ var deadLetterTableName = 'PulumiAuditDeadLetters'
 var tokenSecretName = 'pulumi-access-token'
 
 // ----------------------------------------------------------------------------------------------
-// Existing workspace and the workspace-side content (custom tables, Sentinel, rules)
+// Existing workspace and the workspace-side content (custom tables, Sentinel, rules, Sentinel content)
 // ----------------------------------------------------------------------------------------------
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
@@ -116,6 +128,23 @@ module workspaceContent 'modules/workspace.bicep' = {
     pulumiOrgs: pulumiOrgs
     onboardSentinel: onboardSentinel
   }
+}
+
+module sentinelContent 'modules/sentinel-content.bicep' = {
+  name: '${baseName}-sentinel-content'
+  scope: resourceGroup(workspaceResourceGroupName)
+  params: {
+    workspaceName: workspaceName
+    location: workspace.location
+    deployDataConnector: deployDataConnector
+    deployWorkbook: deployWorkbook
+    deployAsimParser: deployAsimParser
+    deployHuntingQueries: deployHuntingQueries
+  }
+  dependsOn: [
+    // The tables and Sentinel onboarding come first.
+    workspaceContent
+  ]
 }
 
 // ----------------------------------------------------------------------------------------------

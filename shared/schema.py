@@ -85,7 +85,7 @@ HEALTH_TABLE = Table(
         Column("TimeGenerated", "datetime", "When the run ended (UTC)"),
         Column("RunId_s", "string", "Id of the run; the rows of one run share it"),
         Column("OrgName_s", "string", "Pulumi organization the row is about"),
-        Column("RunKind_s", "string", "'live' for a timer or `run` cycle, 'backfill' for `backfill`", RUN_KINDS),
+        Column("RunKind_s", "string", "'live' for the timer and `run`, 'backfill' for `backfill` runs", RUN_KINDS),
         Column(
             "Status_s",
             "string",

@@ -197,13 +197,19 @@ def loaded_file(value: Any, module: Path) -> Path | None:
     return None
 
 
-_KQL_COMMENT = re.compile(r"//[^\n]*")
-_KQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'")
+# A string literal (verbatim @"..." first, no escapes in it) or a comment, whichever starts first.
+_KQL_STRING = r"""@"[^"\n]*"|@'[^'\n]*'|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
+_KQL_STRING_OR_COMMENT = re.compile(rf"(?P<string>{_KQL_STRING})|(?P<comment>//[^\n]*)")
 
 
 def kql_code(text: str) -> str:
-    """KQL without comments and string literals (string first, so '//' inside a string survives)."""
-    return _KQL_COMMENT.sub("", _KQL_STRING.sub('""', text))
+    """KQL without comments and with every string literal emptied to \"\"."""
+    return _KQL_STRING_OR_COMMENT.sub(lambda match: '""' if match.group("string") else "", text)
+
+
+def kql_without_comments(text: str) -> str:
+    """KQL without comments, string literals kept."""
+    return _KQL_STRING_OR_COMMENT.sub(lambda match: match.group("string") or "", text)
 
 
 # A column-looking identifier: the table's type suffixes (_s, _b, _d, _t).

@@ -27,7 +27,13 @@ STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 
 # Health rules: about the connector itself, switched by deployHealthRules.
-HEALTH_RULES = {"connector-silent", "health-org-failing", "health-lag-high", "health-dead-letters", "health-connector-down"}
+HEALTH_RULES = {
+    "connector-silent",
+    "health-org-failing",
+    "health-lag-high",
+    "health-dead-letters",
+    "health-connector-down",
+}
 OFFICIAL_RULES = {
     # key: (query lines that must appear verbatim, frequency, period, severity, tactics, techniques)
     "excessive-auth-failures": (
@@ -426,7 +432,8 @@ def test_rules_are_conditional_and_depend_on_tables_and_onboarding():
 
 def test_content_switches_default_to_on_and_onboarding_to_off():
     parameters = main_tree()["parameters"]
-    for switch in ("deployAnalyticRules", "deployHealthRules"):
+    for switch in ("deployAnalyticRules", "deployHealthRules", "deployDataConnector", "deployWorkbook",
+                   "deployAsimParser", "deployHuntingQueries"):
         assert parameters[switch]["default"] is True, switch
     assert parameters["onboardSentinel"]["default"] is False
 
