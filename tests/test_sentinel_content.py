@@ -243,7 +243,19 @@ def test_every_workbook_tab_query_filters_on_the_time_range_and_the_orgs():
 def test_workbook_queries_on_events_use_the_original_event_time():
     for name, query in cm.workbook_queries():
         if AUDIT_TABLE.name in query and HEALTH_TABLE.name not in query:
+            # TimeGenerated is never earlier than EventTime_t, so it bounds the scan without hiding backfills.
+            assert "| where TimeGenerated >= {TimeRange:start}\n" in query, name
             assert "EventTime_t between ({TimeRange:start} .. {TimeRange:end})" in query, name
+
+
+def test_workbook_queries_set_their_own_time_filter_rather_than_a_time_context():
+    for item in cm.workbook_items():
+        content = item["content"]
+        if item["type"] == 3:
+            assert content["timeContext"] == {"durationMs": 0} and "timeContextFromParameter" not in content
+    for parameter in cm.workbook_parameters():
+        if "query" in parameter:
+            assert parameter["timeContext"] == {"durationMs": 0}
 
 
 def test_every_workbook_query_file_is_used_once():

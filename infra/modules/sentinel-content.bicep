@@ -138,10 +138,15 @@ resource dataConnector 'Microsoft.SecurityInsights/dataConnectorDefinitions@2024
 // parameters {TimeRange:start}, {TimeRange:end}, {TimeRange:grain} and {Org}.
 // ----------------------------------------------------------------------------------------------
 
+// Every query sets its own time filter ("Set in query", durationMs 0): events are selected by their
+// original time EventTime_t, which a time context on TimeGenerated would hide for backfilled rows
+// (Azure restamps their TimeGenerated later; never earlier, so TimeGenerated >= start still holds).
 var logsQuery = {
   version: 'KqlItem/1.0'
   size: 0
-  timeContextFromParameter: 'TimeRange'
+  timeContext: {
+    durationMs: 0
+  }
   queryType: 0
   resourceType: 'microsoft.operationalinsights/workspaces'
 }
@@ -207,7 +212,9 @@ var workbookContent = {
               selectAllValue: '*'
               showDefault: false
             }
-            timeContextFromParameter: 'TimeRange'
+            timeContext: {
+              durationMs: 0
+            }
             queryType: 0
             resourceType: 'microsoft.operationalinsights/workspaces'
           }
