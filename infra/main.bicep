@@ -53,18 +53,33 @@ param lateEventOverlap string = '10m'
 @description('A run stops cleanly after this long and resumes on the next run.')
 param runTimeBudget string = '8m'
 
-@description('Interactive (Analytics) retention of the PulumiAuditLogs_CL table, in days.')
+@description('Interactive (Analytics) retention of the PulumiAuditLogs_CL and PulumiAuditConnectorHealth_CL tables, in days.')
 @minValue(4)
 @maxValue(730)
 param tableRetentionInDays int = 90
 
-@description('Total retention (interactive + long-term) of the PulumiAuditLogs_CL table, in days.')
+@description('Total retention (interactive + long-term) of the PulumiAuditLogs_CL and PulumiAuditConnectorHealth_CL tables, in days.')
 @minValue(4)
 @maxValue(4383)
 param tableTotalRetentionInDays int = 365
 
 @description('Create the Microsoft Sentinel scheduled analytic rules.')
 param deployAnalyticRules bool = true
+
+@description('Create the connector health rules (failing organization, lag, dead letters, connector down, no data).')
+param deployHealthRules bool = true
+
+@description('Show the connector on the Sentinel Data connectors page.')
+param deployDataConnector bool = true
+
+@description('Create the Pulumi audit workbook (Sentinel > Workbooks).')
+param deployWorkbook bool = true
+
+@description('Create the ASIM Audit Event parser, the workspace function vimAuditEventPulumiCloud.')
+param deployAsimParser bool = true
+
+@description('Create the hunting queries (Sentinel > Hunting).')
+param deployHuntingQueries bool = true
 
 @description('Onboard Microsoft Sentinel on the workspace. Leave false when Sentinel is already enabled there.')
 param onboardSentinel bool = false
@@ -91,6 +106,7 @@ var functionAppName = 'func-${baseName}-${suffix}'
 var dcrName = 'dcr-${baseName}-${suffix}'
 
 var tableName = 'PulumiAuditLogs_CL'
+var healthTableName = 'PulumiAuditConnectorHealth_CL'
 var deploymentContainerName = 'app-package'
 var checkpointTableName = 'PulumiAuditCheckpoints'
 var deadLetterTableName = 'PulumiAuditDeadLetters'
@@ -99,7 +115,7 @@ var sharedTokenSecretName = 'pulumi-access-token'
 var orgTokenSecretPrefix = 'pulumi-token-'
 
 // ----------------------------------------------------------------------------------------------
-// Existing workspace and the workspace-side content (custom table, Sentinel, analytic rules)
+// Existing workspace and the workspace-side content (custom tables, Sentinel, rules, Sentinel content)
 // ----------------------------------------------------------------------------------------------
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
@@ -115,8 +131,27 @@ module workspaceContent 'modules/workspace.bicep' = {
     tableRetentionInDays: tableRetentionInDays
     tableTotalRetentionInDays: tableTotalRetentionInDays
     deployAnalyticRules: deployAnalyticRules
+    deployHealthRules: deployHealthRules
+    pulumiOrgs: pulumiOrgs
     onboardSentinel: onboardSentinel
   }
+}
+
+module sentinelContent 'modules/sentinel-content.bicep' = {
+  name: '${baseName}-sentinel-content'
+  scope: resourceGroup(workspaceResourceGroupName)
+  params: {
+    workspaceName: workspaceName
+    location: workspace.location
+    deployDataConnector: deployDataConnector
+    deployWorkbook: deployWorkbook
+    deployAsimParser: deployAsimParser
+    deployHuntingQueries: deployHuntingQueries
+  }
+  dependsOn: [
+    // The tables and Sentinel onboarding come first.
+    workspaceContent
+  ]
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -142,6 +177,7 @@ module dcr 'modules/dcr.bicep' = {
     location: workspace.location
     workspaceResourceId: workspace.id
     outputStream: 'Custom-${tableName}'
+    healthOutputStream: 'Custom-${healthTableName}'
     tags: tags
   }
   dependsOn: [
@@ -400,6 +436,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           value: dcr.outputs.streamName
         }
         {
+          name: 'DCR_HEALTH_STREAM_NAME'
+          value: dcr.outputs.healthStreamName
+        }
+        {
           name: 'MANAGED_IDENTITY_CLIENT_ID'
           value: identity.properties.clientId
         }
@@ -478,6 +518,7 @@ output functionAppName string = functionApp.name
 output LOGS_INGESTION_ENDPOINT string = dcr.outputs.logsIngestionEndpoint
 output DCR_IMMUTABLE_ID string = dcr.outputs.immutableId
 output DCR_STREAM_NAME string = dcr.outputs.streamName
+output DCR_HEALTH_STREAM_NAME string = dcr.outputs.healthStreamName
 output CHECKPOINT_TABLE_ENDPOINT string = storage.properties.primaryEndpoints.table
 output CHECKPOINT_TABLE_NAME string = checkpointTable.name
 output DEAD_LETTER_TABLE_NAME string = deadLetterTable.name

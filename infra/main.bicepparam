@@ -37,5 +37,12 @@ param tableTotalRetentionInDays = 365
 
 param deployAnalyticRules = true
 
+// The connector's health rules, Data connectors page entry, workbook, ASIM parser and hunting queries.
+param deployHealthRules = true
+param deployDataConnector = true
+param deployWorkbook = true
+param deployAsimParser = true
+param deployHuntingQueries = true
+
 // Set to true only if Microsoft Sentinel is not enabled on the workspace yet.
 param onboardSentinel = false

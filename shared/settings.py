@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from shared.schema import DEFAULT_STREAM_NAME
+from shared.schema import DEFAULT_HEALTH_STREAM_NAME, DEFAULT_STREAM_NAME
 
 
 class SettingsError(ValueError):
@@ -82,6 +82,12 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("DCR_IMMUTABLE_ID", None, "dcr-00000000000000000000000000000000", "The DCR's immutable id"),
     SettingSpec("DCR_STREAM_NAME", DEFAULT_STREAM_NAME, DEFAULT_STREAM_NAME, "The DCR stream the rows are sent to"),
+    SettingSpec(
+        "DCR_HEALTH_STREAM_NAME",
+        DEFAULT_HEALTH_STREAM_NAME,
+        DEFAULT_HEALTH_STREAM_NAME,
+        "The DCR stream the per-org health row of each run is sent to",
+    ),
     SettingSpec(
         "MANAGED_IDENTITY_CLIENT_ID",
         "",
@@ -158,6 +164,7 @@ class SinkSettings:
     logs_ingestion_endpoint: str
     dcr_immutable_id: str
     dcr_stream_name: str
+    dcr_health_stream_name: str
 
 
 @dataclass(frozen=True)
@@ -313,11 +320,17 @@ def load_settings(environ: Mapping[str, str], parts: frozenset[str] = ALL_PARTS)
         dcr_id = raw("DCR_IMMUTABLE_ID")
         if dcr_id and not _DCR_ID.match(dcr_id):
             problems.append(f"DCR_IMMUTABLE_ID must look like dcr-<32 hex digits>, got {dcr_id!r}")
-        stream = raw("DCR_STREAM_NAME")
-        if not _STREAM.match(stream):
-            problems.append(f"DCR_STREAM_NAME must look like Custom-<name>, got {stream!r}")
+        streams = {name: raw(name) for name in ("DCR_STREAM_NAME", "DCR_HEALTH_STREAM_NAME")}
+        for name, stream in streams.items():
+            if not _STREAM.match(stream):
+                problems.append(f"{name} must look like Custom-<name>, got {stream!r}")
+        if streams["DCR_STREAM_NAME"] == streams["DCR_HEALTH_STREAM_NAME"]:
+            problems.append("DCR_STREAM_NAME and DCR_HEALTH_STREAM_NAME must differ: health rows have their own table")
         sink = SinkSettings(
-            logs_ingestion_endpoint=url("LOGS_INGESTION_ENDPOINT"), dcr_immutable_id=dcr_id, dcr_stream_name=stream
+            logs_ingestion_endpoint=url("LOGS_INGESTION_ENDPOINT"),
+            dcr_immutable_id=dcr_id,
+            dcr_stream_name=streams["DCR_STREAM_NAME"],
+            dcr_health_stream_name=streams["DCR_HEALTH_STREAM_NAME"],
         )
 
     if "store" in parts:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shared.schema import DEFAULT_STREAM_NAME  # noqa: E402
+from shared.schema import AUDIT_TABLE, HEALTH_TABLE  # noqa: E402
 from shared.standins import (  # noqa: E402
     KeyVaultStandIn,
     LogsIngestionStandIn,
@@ -231,8 +231,15 @@ def pulumi_api(tls_ca: TlsTestCA):
 
 @pytest.fixture
 def ingestion(tls_ca: TlsTestCA):
+    """One DCR with the connector's two streams, as infra/modules/dcr.bicep declares them."""
     dcr_id = "dcr-" + uuid.uuid4().hex
-    with LogsIngestionStandIn(dcr_id, DEFAULT_STREAM_NAME, ssl_context=tls_ca.server_context()) as standin:
+    with LogsIngestionStandIn(
+        dcr_id,
+        AUDIT_TABLE.stream,
+        AUDIT_TABLE.columns,
+        streams={HEALTH_TABLE.stream: HEALTH_TABLE.columns},
+        ssl_context=tls_ca.server_context(),
+    ) as standin:
         yield standin
     _fail_on_standin_errors(standin)
 

@@ -6,7 +6,8 @@ pycep (0.7.1) gives a JSON-like tree per file. Its quirks, handled here:
   names a variable is resolved through `tree["variables"]`;
 - expressions are nested dicts: `{"operator": {"type": "property_accessor", ...}}`,
   `{"function": {"type": ..., "parameters": {...}}}`;
-- a conditional or looped resource wraps its body: `config = {"condition": ..., "config": body}`.
+- a conditional or looped resource wraps its body: `config = {"condition": ..., "config": body}`;
+- string literals keep their Bicep escapes (`\\'`, `\\n`): `bicep_text` undoes them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ MAIN = INFRA / "main.bicep"
 WORKSPACE_MODULE = INFRA / "modules" / "workspace.bicep"
 ROLES_MODULE = INFRA / "modules" / "roles.bicep"
 DCR_MODULE = INFRA / "modules" / "dcr.bicep"
+SENTINEL_MODULE = INFRA / "modules" / "sentinel-content.bicep"
 RULES_DIR = INFRA / "rules"
 
 
@@ -138,25 +140,76 @@ def app_settings() -> dict[str, Any]:
 
 
 def analytic_rules() -> list[dict[str, Any]]:
-    """The rule catalogue of the workspace module, variables resolved, plus the query file path."""
+    """The rule catalogue of the workspace module, variables resolved, plus the query file path and,
+    for a query deployed as `replace(loadTextContent(file), old, new)`, the `substitution` (old, new)."""
     tree = parse(WORKSPACE_MODULE)
     rules = resolve(tree, "analyticRules")
     out = []
     for rule in rules:
-        load = rule["query"]["function"]
-        assert load["type"] == "load_text_content", f"rule {rule['key']} must load its query from a .kql file"
-        query_file = (WORKSPACE_MODULE.parent / load["parameters"]["file_path"]).resolve()
-        out.append({**rule, "query_file": query_file})
+        call = rule["query"]["function"]
+        substitution = None
+        if call["type"] == "replace":
+            parameters = call["parameters"]
+            substitution = (bicep_text(resolve(tree, parameters["old_string"])), bicep_text(parameters["new_string"]))
+            call = parameters["original_string"]["function"]
+        assert call["type"] == "load_text_content", f"rule {rule['key']} must load its query from a .kql file"
+        query_file = (WORKSPACE_MODULE.parent / call["parameters"]["file_path"]).resolve()
+        out.append({**rule, "query_file": query_file, "substitution": substitution})
     return out
 
 
-_KQL_COMMENT = re.compile(r"//[^\n]*")
-_KQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'")
+_BICEP_ESCAPES = {"\\\\": "\\", "\\'": "'", "\\n": "\n", "\\r": "\r", "\\t": "\t", "\\$": "$"}
+
+
+def bicep_text(literal: str) -> str:
+    """The value of a Bicep string literal as pycep returns it (escapes still in)."""
+    return re.sub(r"\\[\\'nrt$]", lambda match: _BICEP_ESCAPES[match.group(0)], literal)
+
+
+def evaluate(tree: dict[str, Any], value: Any, module: Path) -> Any:
+    """`value` as ARM would see it, for the constructs the Sentinel content uses: variables,
+    string literals, `loadTextContent(file)` (relative to `module`) and `union(object, ...)`.
+    Anything else (a reference to a deployed resource, say) is returned as parsed."""
+    value = resolve(tree, value)
+    if isinstance(value, str):
+        return bicep_text(value)
+    if isinstance(value, list):
+        return [evaluate(tree, item, module) for item in value]
+    if isinstance(value, dict) and "function" in value:
+        call = value["function"]
+        if call["type"] == "load_text_content":
+            return (module.parent / call["parameters"]["file_path"]).read_text(encoding="utf-8")
+        if call["type"] == "union":
+            merged: dict[str, Any] = {}
+            for argument in call["parameters"].values():
+                merged.update(evaluate(tree, argument, module))
+            return merged
+        return value
+    if isinstance(value, dict) and "operator" not in value:
+        return {unquote(key): evaluate(tree, item, module) for key, item in value.items()}
+    return value
+
+
+def loaded_file(value: Any, module: Path) -> Path | None:
+    """The file of a `loadTextContent(file)` call, else None."""
+    if isinstance(value, dict) and value.get("function", {}).get("type") == "load_text_content":
+        return (module.parent / value["function"]["parameters"]["file_path"]).resolve()
+    return None
+
+
+# A string literal (verbatim @"..." first, no escapes in it) or a comment, whichever starts first.
+_KQL_STRING = r"""@"[^"\n]*"|@'[^'\n]*'|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
+_KQL_STRING_OR_COMMENT = re.compile(rf"(?P<string>{_KQL_STRING})|(?P<comment>//[^\n]*)")
 
 
 def kql_code(text: str) -> str:
-    """KQL without comments and string literals (string first, so '//' inside a string survives)."""
-    return _KQL_COMMENT.sub("", _KQL_STRING.sub('""', text))
+    """KQL without comments and with every string literal emptied to \"\"."""
+    return _KQL_STRING_OR_COMMENT.sub(lambda match: '""' if match.group("string") else "", text)
+
+
+def kql_without_comments(text: str) -> str:
+    """KQL without comments, string literals kept."""
+    return _KQL_STRING_OR_COMMENT.sub(lambda match: match.group("string") or "", text)
 
 
 # A column-looking identifier: the table's type suffixes (_s, _b, _d, _t).

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.schema import COLUMN_NAMES, COLUMNS, DEFAULT_STREAM_NAME, TABLE_NAME
+from shared.schema import AUDIT_TABLE, HEALTH_TABLE, TABLES, Table
 from shared.settings import SETTING_SPECS
 from shared.token_source import DEFAULT_SECRET_NAME, ORG_SECRET_PREFIX, org_secret_name
 from tests import infra_model as im
 
-SCHEMA_COLUMNS = [(column.name, column.type) for column in COLUMNS]
 SPEC_DEFAULTS = {spec.name: spec.default for spec in SETTING_SPECS}
 
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
@@ -28,7 +27,14 @@ STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 
-HEALTH_RULE = "connector-silent"
+# Health rules: about the connector itself, switched by deployHealthRules.
+HEALTH_RULES = {
+    "connector-silent",
+    "health-org-failing",
+    "health-lag-high",
+    "health-dead-letters",
+    "health-connector-down",
+}
 OFFICIAL_RULES = {
     # key: (query lines that must appear verbatim, frequency, period, severity, tactics, techniques)
     "excessive-auth-failures": (
@@ -102,6 +108,10 @@ def normalised(columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(name, normalise_type(column_type)) for name, column_type in columns]
 
 
+def schema_columns(table: Table) -> list[tuple[str, str]]:
+    return [(column.name, column.type) for column in table.columns]
+
+
 def main_tree() -> dict:
     return im.parse(im.MAIN)
 
@@ -149,9 +159,14 @@ def test_main_uses_only_modules_from_this_repository():
 # ----------------------------------------------------------------------------------------------
 
 
-def table_resource() -> dict:
-    _, table = im.only_resource(workspace_tree(), "Microsoft.OperationalInsights/workspaces/tables")
-    return im.body(table)
+def table_resources() -> dict[str, dict]:
+    """The workspace module's tables by name."""
+    tables = im.resources_of_type(workspace_tree(), "Microsoft.OperationalInsights/workspaces/tables")
+    return {im.body(table)["name"]: im.body(table) for table in tables.values()}
+
+
+def table_columns(table: Table) -> list[tuple[str, str]]:
+    return im.columns(workspace_tree(), table_resources()[table.name]["properties"]["schema"]["columns"])
 
 
 def dcr_tree() -> dict:
@@ -167,55 +182,68 @@ def dcr_module_call() -> tuple[str, dict]:
     return im.only_module_call(main_tree(), im.DCR_MODULE)
 
 
-def test_table_columns_equal_schema_columns_in_order():
-    table = table_resource()
-    columns = im.columns(workspace_tree(), table["properties"]["schema"]["columns"])
-    assert normalised(columns) == SCHEMA_COLUMNS
+def dcr_streams() -> dict[str, dict]:
+    declarations = dcr_resource()["properties"]["streamDeclarations"]
+    return {im.unquote(name): declaration for name, declaration in declarations.items()}
 
 
-def test_table_uses_bicep_datetime_spelling():
-    table = table_resource()
-    types = {column_type for _, column_type in im.columns(workspace_tree(), table["properties"]["schema"]["columns"])}
+def test_the_workspace_gets_exactly_the_schema_tables():
+    assert set(table_resources()) == {table.name for table in TABLES}
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda table: table.name)
+def test_table_columns_equal_schema_columns_in_order(table: Table):
+    assert normalised(table_columns(table)) == schema_columns(table)
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda table: table.name)
+def test_table_uses_bicep_datetime_spelling(table: Table):
+    types = {column_type for _, column_type in table_columns(table)}
     assert "dateTime" in types and "datetime" not in types
 
 
-def test_table_is_the_schema_table_on_the_analytics_plan():
-    table = table_resource()
-    assert table["name"] == TABLE_NAME
-    assert table["properties"]["schema"]["name"] == TABLE_NAME
-    assert table["properties"]["plan"] == "Analytics"
-    assert table["properties"]["retentionInDays"] == "tableRetentionInDays"
+@pytest.mark.parametrize("table", TABLES, ids=lambda table: table.name)
+def test_table_is_the_schema_table_on_the_analytics_plan(table: Table):
+    resource = table_resources()[table.name]
+    assert resource["properties"]["schema"]["name"] == table.name
+    assert resource["properties"]["schema"]["description"] == table.description
+    assert resource["properties"]["plan"] == "Analytics"
+    assert resource["properties"]["retentionInDays"] == "tableRetentionInDays"
 
 
-def test_dcr_stream_columns_equal_schema_columns_in_order():
-    declarations = dcr_resource()["properties"]["streamDeclarations"]
-    streams = {im.unquote(name): decl for name, decl in declarations.items()}
-    assert list(streams) == [DEFAULT_STREAM_NAME]
-    columns = im.columns(dcr_tree(), streams[DEFAULT_STREAM_NAME]["columns"])
-    assert normalised(columns) == SCHEMA_COLUMNS
+def test_dcr_declares_exactly_the_schema_streams():
+    assert list(dcr_streams()) == [table.stream for table in TABLES]
 
 
-def test_dcr_stream_columns_equal_table_columns():
-    declarations = dcr_resource()["properties"]["streamDeclarations"]
-    stream = next(iter(declarations.values()))
-    dcr_columns = normalised(im.columns(dcr_tree(), stream["columns"]))
-    table_columns = normalised(im.columns(workspace_tree(), table_resource()["properties"]["schema"]["columns"]))
-    assert dcr_columns == table_columns
+@pytest.mark.parametrize("table", TABLES, ids=lambda table: table.stream)
+def test_dcr_stream_columns_equal_schema_columns_in_order(table: Table):
+    columns = im.columns(dcr_tree(), dcr_streams()[table.stream]["columns"])
+    assert normalised(columns) == schema_columns(table)
 
 
-def test_dcr_is_direct_and_passes_rows_unchanged_into_the_table():
+@pytest.mark.parametrize("table", TABLES, ids=lambda table: table.stream)
+def test_dcr_stream_columns_equal_table_columns(table: Table):
+    dcr_columns = normalised(im.columns(dcr_tree(), dcr_streams()[table.stream]["columns"]))
+    assert dcr_columns == normalised(table_columns(table))
+
+
+def test_dcr_is_direct_and_passes_each_stream_unchanged_into_its_table():
     dcr = dcr_resource()
     assert dcr["kind"] == "Direct"
-    (flow,) = dcr["properties"]["dataFlows"]
-    assert flow["transformKql"] == "source"
-    assert [im.resolve(dcr_tree(), stream) for stream in flow["streams"]] == [DEFAULT_STREAM_NAME]
-    assert flow["outputStream"] == "outputStream"
-    _, call = dcr_module_call()
-    assert interpolate(main_tree(), call["params"]["outputStream"]) == f"Custom-{TABLE_NAME}"
     (destination,) = dcr["properties"]["destinations"]["logAnalytics"]
-    assert flow["destinations"] == [destination["name"]]
     assert destination["workspaceResourceId"] == "workspaceResourceId"
+    _, call = dcr_module_call()
     assert im.accessor_path(call["params"]["workspaceResourceId"]) == "workspace.id"
+    flows = dcr["properties"]["dataFlows"]
+    output_parameters = {AUDIT_TABLE.name: "outputStream", HEALTH_TABLE.name: "healthOutputStream"}
+    assert [[im.resolve(dcr_tree(), stream) for stream in flow["streams"]] for flow in flows] == [
+        [table.stream] for table in TABLES
+    ]
+    for table, flow in zip(TABLES, flows, strict=True):
+        assert flow["transformKql"] == "source"
+        assert flow["destinations"] == [destination["name"]]
+        assert flow["outputStream"] == output_parameters[table.name]
+        assert interpolate(main_tree(), call["params"][flow["outputStream"]]) == f"Custom-{table.name}"
 
 
 def test_dcr_is_in_the_workspace_region():
@@ -234,7 +262,8 @@ def test_dcr_module_outputs_what_the_app_needs():
     outputs = dcr_tree()["outputs"]
     assert im.accessor_path(outputs["logsIngestionEndpoint"]["value"]) == "dcr.properties.endpoints.logsIngestion"
     assert im.accessor_path(outputs["immutableId"]["value"]) == "dcr.properties.immutableId"
-    assert im.resolve(dcr_tree(), outputs["streamName"]["value"]) == DEFAULT_STREAM_NAME
+    assert im.resolve(dcr_tree(), outputs["streamName"]["value"]) == AUDIT_TABLE.stream
+    assert im.resolve(dcr_tree(), outputs["healthStreamName"]["value"]) == HEALTH_TABLE.stream
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,29 +288,68 @@ def test_rule_keys_are_unique_and_name_their_query_file():
         assert rule["query_file"].stem == rule["key"]
 
 
-def test_there_are_the_official_three_plus_six_connector_rules():
-    keys = set(rules_by_key())
-    assert set(OFFICIAL_RULES) <= keys
-    assert HEALTH_RULE in keys
-    assert len(keys) == 9
+def test_there_are_eight_detections_three_of_them_official_and_five_health_rules():
+    rules = rules_by_key()
+    assert set(OFFICIAL_RULES) <= set(rules)
+    assert {key for key, rule in rules.items() if rule["deploy"] == "deployHealthRules"} == HEALTH_RULES
+    assert {key for key, rule in rules.items() if rule["deploy"] == "deployAnalyticRules"} == set(rules) - HEALTH_RULES
+    assert len(rules) == 13
 
 
 @pytest.mark.parametrize("kql", sorted(im.RULES_DIR.glob("*.kql")), ids=lambda p: p.stem)
-def test_rule_query_uses_only_schema_columns(kql: Path):
+def test_rule_query_reads_one_schema_table_and_only_its_columns(kql: Path):
     text = kql.read_text()
-    assert "PulumiAuditLogs_CL" in im.kql_code(text)
-    unknown = im.kql_suffixed_identifiers(text) - set(COLUMN_NAMES) - im.kql_aliases(text)
-    assert not unknown, f"{kql.name} uses columns that are not in shared/schema.py: {sorted(unknown)}"
+    [table] = [table for table in TABLES if table.name in im.kql_code(text)]
+    unknown = im.kql_suffixed_identifiers(text) - set(table.column_names) - im.kql_aliases(text)
+    assert not unknown, f"{kql.name} uses columns that are not in {table.name} (shared/schema.py): {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("key", sorted(set(rules_by_key()) - {HEALTH_RULE}))
+@pytest.mark.parametrize("key", sorted(set(rules_by_key()) - HEALTH_RULES))
 def test_rule_query_windows_on_original_event_time(key: str):
     code = im.kql_code(rules_by_key()[key]["query_file"].read_text())
     assert re.search(r"\bwhere\s+EventTime_t\s*>\s*ago\(", code), f"{key} must filter on EventTime_t > ago(...)"
 
 
+@pytest.mark.parametrize("key", sorted(HEALTH_RULES - {"connector-silent"}))
+def test_health_table_rules_read_the_health_table_and_group_incidents_by_org(key: str):
+    rule = rules_by_key()[key]
+    assert HEALTH_TABLE.name in im.kql_code(rule["query_file"].read_text())
+    assert rule["customDetails"] == {"PulumiOrg": "OrgName_s"}
+    assert rule["alertPerResult"] is True and rule["groupIncidentsByOrg"] is True
+
+
+@pytest.mark.parametrize(
+    ("key", "setting", "stated"),
+    [
+        ("health-org-failing", r"let failedRunsInARow = (\d+);", "The last {} live runs"),
+        ("health-lag-high", r"let maxLagMinutes = (\d+);", "more than {} minutes behind"),
+        ("health-connector-down", r"let silentFor = (\d+)m;", "No health row for {} minutes"),
+    ],
+)
+def test_health_rule_description_states_its_threshold(key: str, setting: str, stated: str):
+    rule = rules_by_key()[key]
+    threshold = re.search(setting, rule["query_file"].read_text())
+    assert threshold, f"{key} keeps its threshold in a let statement matching {setting}"
+    assert stated.format(threshold.group(1)) in rule["description"]
+
+
+def test_connector_down_rule_gets_the_deployed_org_list():
+    rule = rules_by_key()["health-connector-down"]
+    placeholder, replacement = rule["substitution"]
+    assert rule["query_file"].read_text().count(placeholder) == 1
+    assert placeholder == "let ConfiguredOrgs = dynamic([]);"
+    assert replacement == "let ConfiguredOrgs = dynamic(${string(pulumiOrgs)});"
+    assert "pulumiOrgs" in workspace_tree()["parameters"]
+    workspace_call = main_tree()["modules"]["workspaceContent"]["config"]["params"]
+    assert workspace_call["pulumiOrgs"] == "pulumiOrgs"
+
+
+def test_only_the_connector_down_rule_has_its_query_rewritten():
+    assert {key for key, rule in rules_by_key().items() if rule["substitution"]} == {"health-connector-down"}
+
+
 def test_health_rule_windows_on_ingestion_time():
-    code = im.kql_code(rules_by_key()[HEALTH_RULE]["query_file"].read_text())
+    code = im.kql_code(rules_by_key()["connector-silent"]["query_file"].read_text())
     assert "ingestion_time()" in code
     assert "OrgName_s" in code
     assert re.search(r"max\(ingestion_time\(\)\)", code)
@@ -319,7 +387,7 @@ def test_official_rules_keep_their_entity_mappings():
 def test_rule_entity_and_detail_columns_exist_in_the_query(key: str):
     rule = rules_by_key()[key]
     text = rule["query_file"].read_text()
-    available = set(COLUMN_NAMES) | im.kql_aliases(text)
+    available = set(AUDIT_TABLE.column_names) | set(HEALTH_TABLE.column_names) | im.kql_aliases(text)
     used = [field["columnName"] for mapping in rule["entityMappings"] for field in mapping["fieldMappings"]]
     used += list((rule["customDetails"] or {}).values())
     missing = [column for column in used if column not in available]
@@ -333,8 +401,8 @@ def test_burst_rule_documents_its_threshold():
     assert f"more than {threshold.group(1)} times" in rule["description"]
 
 
-def test_health_rule_description_states_its_silence_threshold():
-    rule = rules_by_key()[HEALTH_RULE]
+def test_no_data_rule_description_states_its_silence_threshold():
+    rule = rules_by_key()["connector-silent"]
     silent_for = re.search(r"let silentFor = (\d+)m;", rule["query_file"].read_text())
     assert silent_for, "the health rule keeps its threshold in `let silentFor = Nm;`"
     assert f"{silent_for.group(1)} minutes" in rule["description"]
@@ -352,20 +420,22 @@ def test_rule_schedules_look_back_at_least_as_far_as_they_run():
         assert minutes(rule["queryPeriod"]) <= 14 * 1440, rule["key"]
 
 
-def test_rules_are_conditional_and_depend_on_table_and_onboarding():
+def test_rules_are_conditional_and_depend_on_tables_and_onboarding():
     tree = workspace_tree()
     ((_symbol, rules),) = im.resources_of_type(tree, "Microsoft.SecurityInsights/alertRules").items()
-    assert im.condition(rules) == "deployAnalyticRules"
-    table_symbol, _ = im.only_resource(tree, "Microsoft.OperationalInsights/workspaces/tables")
+    assert im.accessor_path(im.condition(rules)) == "rule.deploy"
+    table_symbols = set(im.resources_of_type(tree, "Microsoft.OperationalInsights/workspaces/tables"))
     onboarding_symbol, onboarding = im.only_resource(tree, "Microsoft.SecurityInsights/onboardingStates")
     assert im.condition(onboarding) == "onboardSentinel"
-    assert set(im.body(rules)["dependsOn"]) >= {table_symbol, onboarding_symbol}
+    assert set(im.body(rules)["dependsOn"]) >= {*table_symbols, onboarding_symbol}
     assert im.body(rules)["kind"] == "Scheduled"
 
 
-def test_rule_and_onboarding_switches_default_to_rules_on_onboarding_off():
+def test_content_switches_default_to_on_and_onboarding_to_off():
     parameters = main_tree()["parameters"]
-    assert parameters["deployAnalyticRules"]["default"] is True
+    for switch in ("deployAnalyticRules", "deployHealthRules", "deployDataConnector", "deployWorkbook",
+                   "deployAsimParser", "deployHuntingQueries"):
+        assert parameters[switch]["default"] is True, switch
     assert parameters["onboardSentinel"]["default"] is False
 
 
@@ -625,6 +695,7 @@ def test_app_settings_point_at_the_deployed_dcr_and_storage():
     assert im.accessor_path(settings["LOGS_INGESTION_ENDPOINT"]) == f"{dcr_symbol}.outputs.logsIngestionEndpoint"
     assert im.accessor_path(settings["DCR_IMMUTABLE_ID"]) == f"{dcr_symbol}.outputs.immutableId"
     assert im.accessor_path(settings["DCR_STREAM_NAME"]) == f"{dcr_symbol}.outputs.streamName"
+    assert im.accessor_path(settings["DCR_HEALTH_STREAM_NAME"]) == f"{dcr_symbol}.outputs.healthStreamName"
     assert im.accessor_path(settings["MANAGED_IDENTITY_CLIENT_ID"]) == "identity.properties.clientId"
     assert im.accessor_path(settings["CHECKPOINT_TABLE_ENDPOINT"]) == "storage.properties.primaryEndpoints.table"
     for name, table_symbol in (
@@ -687,6 +758,7 @@ def test_outputs_give_everything_local_settings_and_publish_need():
         "LOGS_INGESTION_ENDPOINT",
         "DCR_IMMUTABLE_ID",
         "DCR_STREAM_NAME",
+        "DCR_HEALTH_STREAM_NAME",
         "CHECKPOINT_TABLE_ENDPOINT",
         "CHECKPOINT_TABLE_NAME",
         "DEAD_LETTER_TABLE_NAME",

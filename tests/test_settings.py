@@ -33,6 +33,7 @@ def test_a_complete_environment_gives_typed_settings_with_defaults():
     assert settings.source.initial_lookback == timedelta(days=1)
     assert settings.sink.logs_ingestion_endpoint == "https://dcr-x.eastus-1.ingest.monitor.azure.com"
     assert settings.sink.dcr_stream_name == "Custom-PulumiAuditLogs"
+    assert settings.sink.dcr_health_stream_name == "Custom-PulumiAuditConnectorHealth"
     assert settings.store.checkpoint_table_name == "PulumiAuditCheckpoints"
 
 
@@ -66,6 +67,16 @@ def test_malformed_values_are_each_named():
         "DCR_IMMUTABLE_ID",
         "DCR_STREAM_NAME",
     ]
+
+
+def test_a_malformed_health_stream_is_named():
+    [problem] = problems_of({**VALID, "DCR_HEALTH_STREAM_NAME": "PulumiAuditConnectorHealth"})
+    assert problem.startswith("DCR_HEALTH_STREAM_NAME must look like Custom-<name>")
+
+
+def test_health_rows_cannot_share_the_audit_stream():
+    [problem] = problems_of({**VALID, "DCR_HEALTH_STREAM_NAME": "Custom-PulumiAuditLogs"})
+    assert problem.startswith("DCR_STREAM_NAME and DCR_HEALTH_STREAM_NAME must differ")
 
 
 @pytest.mark.parametrize("name", ["PULUMI_API_URL", "LOGS_INGESTION_ENDPOINT", "CHECKPOINT_TABLE_ENDPOINT"])

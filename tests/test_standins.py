@@ -19,7 +19,7 @@ from azure.core.exceptions import (
 )
 from azure.monitor.ingestion import LogsIngestionClient
 
-from shared.schema import COLUMN_NAMES, DEFAULT_STREAM_NAME
+from shared.schema import COLUMN_NAMES, DEFAULT_STREAM_NAME, HEALTH_TABLE
 from shared.standins import (
     Fault,
     LogsIngestionStandIn,
@@ -475,6 +475,57 @@ def test_wrong_stream_or_dcr_raises_resource_not_found(ingestion, ingestion_clie
     with pytest.raises(ResourceNotFoundError):
         ingestion_client.upload(rule_id="dcr-" + "0" * 32, stream_name=DEFAULT_STREAM_NAME, logs=[schema_row(1)])
     assert ingestion.rows == []
+
+
+def health_row(org: str, status: str = "ok") -> dict:
+    """A row shaped like the PulumiAuditConnectorHealth_CL stream."""
+    return {
+        "TimeGenerated": "2025-06-15T12:00:00Z",
+        "RunId_s": "run-1",
+        "OrgName_s": org,
+        "RunKind_s": "live",
+        "Status_s": status,
+        "EventsFetched_d": 12,
+        "EventsSent_d": 11,
+        "DuplicatesSkipped_d": 1,
+        "DeadLettered_d": 0,
+        "Truncated_d": 0,
+        "LagSeconds_d": 42,
+        "WatermarkTime_t": "2025-06-15T11:59:18Z",
+        "Error_s": "",
+        "ConnectorVersion_s": "1.0.0",
+        "Host_s": "worker-1",
+    }
+
+
+def test_one_dcr_serves_the_audit_and_the_health_stream_and_keeps_their_rows_apart(ingestion, ingestion_client):
+    ingestion_client.upload(rule_id=ingestion.dcr_id, stream_name=DEFAULT_STREAM_NAME, logs=[schema_row(1)])
+    ingestion_client.upload(rule_id=ingestion.dcr_id, stream_name=HEALTH_TABLE.stream,
+                            logs=[health_row("acme"), health_row("acme-labs", "failed")])
+    assert ingestion.rows == ingestion.rows_of(DEFAULT_STREAM_NAME) == [schema_row(1)]
+    assert ingestion.rows_of(HEALTH_TABLE.stream) == [health_row("acme"), health_row("acme-labs", "failed")]
+
+
+def test_each_stream_is_validated_against_its_own_columns(ingestion):
+    health_url = ingestion.ingest_url.replace(DEFAULT_STREAM_NAME, HEALTH_TABLE.stream)
+    audit_row_on_health = post_rows(ingestion, json.dumps([schema_row(1)]).encode(), url=health_url)
+    assert audit_row_on_health.status_code == 400
+    assert "column 'Timestamp_d' is not declared in stream 'Custom-PulumiAuditConnectorHealth'" in (
+        audit_row_on_health.json()["error"]["message"])
+    wrong_type = post_rows(ingestion, json.dumps([{**health_row("acme"), "LagSeconds_d": "42"}]).encode(),
+                           url=health_url)
+    assert wrong_type.status_code == 400 and "'LagSeconds_d' expects long" in wrong_type.json()["error"]["message"]
+    assert ingestion.rows_of(HEALTH_TABLE.stream) == []
+
+
+def test_rows_of_an_undeclared_stream_is_an_error_naming_the_declared_ones(ingestion):
+    with pytest.raises(KeyError, match="Custom-PulumiAuditLogs, Custom-PulumiAuditConnectorHealth"):
+        ingestion.rows_of("Custom-Other")
+
+
+def test_a_stream_cannot_be_declared_twice():
+    with pytest.raises(ValueError, match="declared twice"):
+        LogsIngestionStandIn("dcr-" + "a" * 32, DEFAULT_STREAM_NAME, streams={DEFAULT_STREAM_NAME: {}})
 
 
 def test_missing_or_wrong_bearer_token_gets_401(ingestion, tls_ca):

@@ -1,5 +1,6 @@
 // Data collection rule of kind Direct: the Logs Ingestion API entry point (its own ingestion
-// endpoint, no DCE). Rows pass through unchanged (transformKql 'source') into the custom table.
+// endpoint, no DCE). Two streams, each passed through unchanged (transformKql 'source') into its
+// custom table: the audit events, and one health row per org per connector run.
 
 @description('DCR name.')
 param name string
@@ -10,13 +11,17 @@ param location string
 @description('Resource id of the destination Log Analytics workspace.')
 param workspaceResourceId string
 
-@description('Output stream: Custom-<table name>.')
+@description('Output stream of the audit events: Custom-<table name>.')
 param outputStream string
+
+@description('Output stream of the health rows: Custom-<table name>.')
+param healthOutputStream string
 
 param tags object = {}
 
-// The stream the connector posts to (shared/schema.py DEFAULT_STREAM_NAME).
+// The streams the connector posts to (shared/schema.py AUDIT_TABLE.stream and HEALTH_TABLE.stream).
 var streamName = 'Custom-PulumiAuditLogs'
+var healthStreamName = 'Custom-PulumiAuditConnectorHealth'
 
 resource dcr 'Microsoft.Insights/dataCollectionRules@2023-03-11' = {
   name: name
@@ -24,7 +29,7 @@ resource dcr 'Microsoft.Insights/dataCollectionRules@2023-03-11' = {
   kind: 'Direct'
   tags: tags
   properties: {
-    description: 'Pulumi Cloud audit events sent by the connector Function App.'
+    description: 'Pulumi Cloud audit events and connector health rows sent by the connector Function App.'
     streamDeclarations: {
       // Exactly the row the code sends: shared/schema.py COLUMNS (tests/test_infra.py checks it).
       'Custom-PulumiAuditLogs': {
@@ -52,6 +57,26 @@ resource dcr 'Microsoft.Insights/dataCollectionRules@2023-03-11' = {
           { name: 'RawEvent_s', type: 'string' }
         ]
       }
+      // shared/schema.py HEALTH_TABLE columns, same order and types.
+      'Custom-PulumiAuditConnectorHealth': {
+        columns: [
+          { name: 'TimeGenerated', type: 'datetime' }
+          { name: 'RunId_s', type: 'string' }
+          { name: 'OrgName_s', type: 'string' }
+          { name: 'RunKind_s', type: 'string' }
+          { name: 'Status_s', type: 'string' }
+          { name: 'EventsFetched_d', type: 'long' }
+          { name: 'EventsSent_d', type: 'long' }
+          { name: 'DuplicatesSkipped_d', type: 'long' }
+          { name: 'DeadLettered_d', type: 'long' }
+          { name: 'Truncated_d', type: 'long' }
+          { name: 'LagSeconds_d', type: 'long' }
+          { name: 'WatermarkTime_t', type: 'datetime' }
+          { name: 'Error_s', type: 'string' }
+          { name: 'ConnectorVersion_s', type: 'string' }
+          { name: 'Host_s', type: 'string' }
+        ]
+      }
     }
     destinations: {
       logAnalytics: [
@@ -72,6 +97,16 @@ resource dcr 'Microsoft.Insights/dataCollectionRules@2023-03-11' = {
         transformKql: 'source'
         outputStream: outputStream
       }
+      {
+        streams: [
+          healthStreamName
+        ]
+        destinations: [
+          'sentinelWorkspace'
+        ]
+        transformKql: 'source'
+        outputStream: healthOutputStream
+      }
     ]
   }
 }
@@ -80,3 +115,4 @@ output name string = dcr.name
 output logsIngestionEndpoint string = dcr.properties.endpoints.logsIngestion
 output immutableId string = dcr.properties.immutableId
 output streamName string = streamName
+output healthStreamName string = healthStreamName

@@ -1,5 +1,6 @@
-// Workspace-side content: the PulumiAuditLogs_CL table, Sentinel onboarding (optional) and the
-// scheduled analytic rules. Deployed into the workspace's resource group.
+// Workspace-side tables and rules: the PulumiAuditLogs_CL and PulumiAuditConnectorHealth_CL tables,
+// Sentinel onboarding (optional), the scheduled analytic rules and the connector health rules.
+// Deployed into the workspace's resource group.
 
 @description('Name of the existing Log Analytics workspace.')
 param workspaceName string
@@ -14,6 +15,12 @@ param tableTotalRetentionInDays int
 
 @description('Create the scheduled analytic rules.')
 param deployAnalyticRules bool
+
+@description('Create the connector health rules.')
+param deployHealthRules bool
+
+@description('Pulumi organizations the connector collects; the connector-down health rule expects a health row from each.')
+param pulumiOrgs array
 
 @description('Onboard Microsoft Sentinel on the workspace (only if it is not onboarded yet).')
 param onboardSentinel bool
@@ -61,6 +68,39 @@ resource table 'Microsoft.OperationalInsights/workspaces/tables@2025-02-01' = {
   }
 }
 
+// Columns: shared/schema.py HEALTH_TABLE, same order and types (tests/test_infra.py checks it).
+// One row per Pulumi organization per connector run, whatever the run's outcome.
+resource healthTable 'Microsoft.OperationalInsights/workspaces/tables@2025-02-01' = {
+  parent: workspace
+  name: 'PulumiAuditConnectorHealth_CL'
+  properties: {
+    plan: 'Analytics'
+    retentionInDays: tableRetentionInDays
+    totalRetentionInDays: tableTotalRetentionInDays
+    schema: {
+      name: 'PulumiAuditConnectorHealth_CL'
+      description: 'One row per Pulumi organization per connector run'
+      columns: [
+        { name: 'TimeGenerated', type: 'dateTime' }
+        { name: 'RunId_s', type: 'string' }
+        { name: 'OrgName_s', type: 'string' }
+        { name: 'RunKind_s', type: 'string' }
+        { name: 'Status_s', type: 'string' }
+        { name: 'EventsFetched_d', type: 'long' }
+        { name: 'EventsSent_d', type: 'long' }
+        { name: 'DuplicatesSkipped_d', type: 'long' }
+        { name: 'DeadLettered_d', type: 'long' }
+        { name: 'Truncated_d', type: 'long' }
+        { name: 'LagSeconds_d', type: 'long' }
+        { name: 'WatermarkTime_t', type: 'dateTime' }
+        { name: 'Error_s', type: 'string' }
+        { name: 'ConnectorVersion_s', type: 'string' }
+        { name: 'Host_s', type: 'string' }
+      ]
+    }
+  }
+}
+
 resource sentinelOnboarding 'Microsoft.SecurityInsights/onboardingStates@2024-09-01' = if (onboardSentinel) {
   scope: workspace
   name: 'default'
@@ -96,9 +136,12 @@ var orgDetail = {
   PulumiOrg: 'OrgName_s'
 }
 
-// Every query windows on EventTime_t (the original event time) so that a backfill, whose
-// TimeGenerated Azure may restamp to the ingestion time, never raises alerts. The exception is the
-// connector-silent health rule, which is about ingestion itself.
+// Every detection query windows on EventTime_t (the original event time) so that a backfill, whose
+// TimeGenerated Azure may restamp to the ingestion time, never raises alerts. The health rules
+// (deploy: deployHealthRules) are about the connector itself: connector-silent looks at ingestion time, the
+// others at PulumiAuditConnectorHealth_CL.
+// The connector-down rule's `let ConfiguredOrgs = dynamic([]);` is filled in with pulumiOrgs.
+var configuredOrgsPlaceholder = 'let ConfiguredOrgs = dynamic([]);'
 var analyticRules = [
   {
     key: 'excessive-auth-failures'
@@ -114,6 +157,7 @@ var analyticRules = [
     customDetails: {}
     alertPerResult: false
     groupIncidentsByOrg: false
+    deploy: deployAnalyticRules
   }
   {
     key: 'stack-deleted'
@@ -129,6 +173,7 @@ var analyticRules = [
     customDetails: orgDetail
     alertPerResult: false
     groupIncidentsByOrg: false
+    deploy: deployAnalyticRules
   }
   {
     key: 'org-membership-change'
@@ -144,6 +189,7 @@ var analyticRules = [
     customDetails: orgDetail
     alertPerResult: false
     groupIncidentsByOrg: false
+    deploy: deployAnalyticRules
   }
   {
     key: 'esc-unauthorized-environment-open'
@@ -159,6 +205,7 @@ var analyticRules = [
     customDetails: orgDetail
     alertPerResult: true
     groupIncidentsByOrg: false
+    deploy: deployAnalyticRules
   }
   {
     key: 'esc-environment-open-burst'
@@ -174,6 +221,7 @@ var analyticRules = [
     customDetails: orgDetail
     alertPerResult: true
     groupIncidentsByOrg: false
+    deploy: deployAnalyticRules
   }
   {
     key: 'esc-secret-rotation-failed'
@@ -189,6 +237,7 @@ var analyticRules = [
     customDetails: orgDetail
     alertPerResult: true
     groupIncidentsByOrg: false
+    deploy: deployAnalyticRules
   }
   {
     key: 'esc-environment-deletion'
@@ -204,6 +253,7 @@ var analyticRules = [
     customDetails: orgDetail
     alertPerResult: true
     groupIncidentsByOrg: false
+    deploy: deployAnalyticRules
   }
   {
     key: 'access-token-created-unusual-actor'
@@ -227,6 +277,7 @@ var analyticRules = [
     customDetails: orgDetail
     alertPerResult: true
     groupIncidentsByOrg: false
+    deploy: deployAnalyticRules
   }
   {
     key: 'connector-silent'
@@ -242,11 +293,76 @@ var analyticRules = [
     customDetails: orgDetail
     alertPerResult: true
     groupIncidentsByOrg: true
+    deploy: deployHealthRules
+  }
+  {
+    key: 'health-org-failing'
+    displayName: 'Pulumi audit connector - Organization Failing Run After Run'
+    description: 'The last 3 live runs of the connector failed for a Pulumi organization (let failedRunsInARow = 3 in the query). The health rows\' Error_s says why: a revoked or expired token, the Pulumi API, or Logs Ingestion refusing the upload.'
+    query: loadTextContent('../rules/health-org-failing.kql')
+    severity: 'Medium'
+    queryFrequency: 'PT15M'
+    queryPeriod: 'PT6H'
+    tactics: [ 'DefenseEvasion' ]
+    techniques: [ 'T1562' ]
+    entityMappings: []
+    customDetails: orgDetail
+    alertPerResult: true
+    groupIncidentsByOrg: true
+    deploy: deployHealthRules
+  }
+  {
+    key: 'health-lag-high'
+    displayName: 'Pulumi audit connector - Organization Lagging Behind'
+    description: 'The newest live run of a Pulumi organization reports its events more than 30 minutes behind (let maxLagMinutes = 30 in the query): the connector cannot keep up or keeps failing.'
+    query: loadTextContent('../rules/health-lag-high.kql')
+    severity: 'Low'
+    queryFrequency: 'PT15M'
+    queryPeriod: 'PT1H'
+    tactics: [ 'DefenseEvasion' ]
+    techniques: [ 'T1562' ]
+    entityMappings: []
+    customDetails: orgDetail
+    alertPerResult: true
+    groupIncidentsByOrg: true
+    deploy: deployHealthRules
+  }
+  {
+    key: 'health-dead-letters'
+    displayName: 'Pulumi audit connector - Rows Dead-Lettered'
+    description: 'Logs Ingestion refused rows of a Pulumi organization in the last hour; the connector kept them in its dead-letter table. Inspect them with python -m shared deadletter list and send them again with deadletter replay.'
+    query: loadTextContent('../rules/health-dead-letters.kql')
+    severity: 'Medium'
+    queryFrequency: 'PT1H'
+    queryPeriod: 'PT1H'
+    tactics: [ 'DefenseEvasion' ]
+    techniques: [ 'T1562' ]
+    entityMappings: []
+    customDetails: orgDetail
+    alertPerResult: true
+    groupIncidentsByOrg: true
+    deploy: deployHealthRules
+  }
+  {
+    key: 'health-connector-down'
+    displayName: 'Pulumi audit connector - Connector Down'
+    description: 'No health row for 15 minutes (let silentFor = 15m in the query): the connector is not running, for every organization or for one of the deployment\'s organizations, including one that never delivered anything.'
+    query: replace(loadTextContent('../rules/health-connector-down.kql'), configuredOrgsPlaceholder, 'let ConfiguredOrgs = dynamic(${string(pulumiOrgs)});')
+    severity: 'High'
+    queryFrequency: 'PT5M'
+    queryPeriod: 'P1D'
+    tactics: [ 'DefenseEvasion' ]
+    techniques: [ 'T1562' ]
+    entityMappings: []
+    customDetails: orgDetail
+    alertPerResult: true
+    groupIncidentsByOrg: true
+    deploy: deployHealthRules
   }
 ]
 
 // `if(` without a space: pycep-parser 0.7.1 (tests/test_infra.py) rejects `: if (` inside a loop.
-resource rules 'Microsoft.SecurityInsights/alertRules@2024-09-01' = [for rule in analyticRules: if(deployAnalyticRules) {
+resource rules 'Microsoft.SecurityInsights/alertRules@2024-09-01' = [for rule in analyticRules: if(rule.deploy) {
   scope: workspace
   name: guid(workspace.id, 'pulumi-audit-logs', rule.key)
   kind: 'Scheduled'
@@ -283,10 +399,12 @@ resource rules 'Microsoft.SecurityInsights/alertRules@2024-09-01' = [for rule in
     }
   }
   dependsOn: [
-    // Rule creation runs the query, so the table must exist; Sentinel must be on the workspace.
+    // Rule creation runs the query, so the tables must exist; Sentinel must be on the workspace.
     table
+    healthTable
     sentinelOnboarding
   ]
 }]
 
 output tableName string = table.name
+output healthTableName string = healthTable.name

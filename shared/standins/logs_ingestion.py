@@ -1,7 +1,8 @@
 """A local stand-in for Azure Monitor's Logs Ingestion API.
 
 `POST /dataCollectionRules/{dcr_id}/streams/{stream}?api-version=2023-01-01` with a JSON
-array of rows (optionally gzip'd), answered with 204 when accepted. It enforces the
+array of rows (optionally gzip'd), answered with 204 when accepted. One stand-in is one DCR,
+which may declare several streams, each with its own columns. It enforces the
 documented limits: 1 MB (1,048,576 bytes) per call, compressed and uncompressed. Where the
 real service silently drops a row or column that does not fit the stream declaration, this
 stand-in answers 400 instead, so tests catch schema drift. Field values over 64 KB are
@@ -72,13 +73,21 @@ def _default_columns() -> dict[str, str]:
     return {column.name: column.type for column in COLUMNS}
 
 
+def _column_types(columns: Mapping[str, str] | Iterable[Any]) -> dict[str, str]:
+    if isinstance(columns, Mapping):
+        return dict(columns)
+    return {column.name: column.type for column in columns}
+
+
 class LogsIngestionStandIn(StandInServer):
     """See the module docstring.
 
-    `columns`: mapping of column name → type (`string`, `boolean`, `long`, `int`, `real`,
-    `datetime`, `dynamic`), or an iterable of objects with `.name` and `.type`; defaults to
-    `shared.schema.COLUMNS`. `expected_token`: if set, the Bearer token must equal it; if None
-    any non-empty Bearer token is accepted.
+    `stream_name` and `columns` declare the DCR's first stream (the audit stream);
+    `streams` declares further ones, `{stream name: columns}`. Columns are a mapping of
+    column name → type (`string`, `boolean`, `long`, `int`, `real`, `datetime`, `dynamic`),
+    or an iterable of objects with `.name` and `.type`; `columns` defaults to
+    `shared.schema.COLUMNS`. `expected_token`: if set, the Bearer token must equal it; if
+    None any non-empty Bearer token is accepted.
     """
 
     def __init__(
@@ -88,6 +97,7 @@ class LogsIngestionStandIn(StandInServer):
         columns: Mapping[str, str] | Iterable[Any] | None = None,
         expected_token: str | None = None,
         *,
+        streams: Mapping[str, Mapping[str, str] | Iterable[Any]] | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         max_field_bytes: int = MAX_FIELD_BYTES,
         ssl_context: ssl.SSLContext | None = None,
@@ -96,16 +106,18 @@ class LogsIngestionStandIn(StandInServer):
     ):
         self.dcr_id = dcr_id
         self.stream_name = stream_name
-        if columns is None:
-            self.columns = _default_columns()
-        elif isinstance(columns, Mapping):
-            self.columns = dict(columns)
-        else:
-            self.columns = {column.name: column.type for column in columns}
+        self.columns = _default_columns() if columns is None else _column_types(columns)
+        if stream_name in (streams or {}):
+            raise ValueError(f"stream {stream_name!r} is declared twice: pass it as stream_name or in streams")
+        # Every declared stream, the first one first: name -> column name -> type.
+        self.stream_columns: dict[str, dict[str, str]] = {
+            stream_name: self.columns,
+            **{name: _column_types(declared) for name, declared in (streams or {}).items()},
+        }
         self.expected_token = expected_token
         self.max_body_bytes = max_body_bytes
         self.max_field_bytes = max_field_bytes
-        self._rows: list[dict[str, Any]] = []
+        self._rows_by_stream: dict[str, list[dict[str, Any]]] = {name: [] for name in self.stream_columns}
         self._oversized: list[OversizedField] = []
         self._reject_rules: list[Callable[[Mapping[str, Any]], bool]] = []
         self._data_lock = threading.Lock()
@@ -115,9 +127,15 @@ class LogsIngestionStandIn(StandInServer):
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        """Every accepted row, in the order received (a copy of the list)."""
+        """Every accepted row of the first stream, in the order received (a copy of the list)."""
+        return self.rows_of(self.stream_name)
+
+    def rows_of(self, stream: str) -> list[dict[str, Any]]:
+        """Every accepted row of `stream`, in the order received (a copy of the list)."""
+        if stream not in self._rows_by_stream:
+            raise KeyError(f"stream {stream!r} is not declared; declared: {', '.join(self._rows_by_stream)}")
         with self._data_lock:
-            return list(self._rows)
+            return list(self._rows_by_stream[stream])
 
     @property
     def oversized_fields(self) -> list[OversizedField]:
@@ -131,7 +149,7 @@ class LogsIngestionStandIn(StandInServer):
     def reject_rows(self, predicate: Callable[[Mapping[str, Any]], bool] | None) -> None:
         """Answer 400 InvalidPayload to any request holding a row for which `predicate(row)`
         is true (the whole request is refused, as the real service refuses whole calls).
-        `reject_rows(None)` removes every rule."""
+        The rules apply to the rows of every stream. `reject_rows(None)` removes every rule."""
         with self._data_lock:
             if predicate is None:
                 self._reject_rules.clear()
@@ -168,7 +186,7 @@ class LogsIngestionStandIn(StandInServer):
         dcr_id, stream = unquote(match["dcr"]), unquote(match["stream"])
         if dcr_id != self.dcr_id:
             raise _Rejected(404, "NotFound", f"Data collection rule '{dcr_id}' was not found.")
-        if stream != self.stream_name:
+        if stream not in self.stream_columns:
             raise _Rejected(404, "NotFound", f"Stream '{stream}' is not declared in data collection rule '{dcr_id}'.")
 
         self._check_size(len(body))
@@ -183,14 +201,14 @@ class LogsIngestionStandIn(StandInServer):
 
         rows = self._parse(body)
         request.row_count = len(rows)
-        oversized = self._validate(request.number, rows)
+        oversized = self._validate(request.number, stream, rows)
         with self._data_lock:
             rules = list(self._reject_rules)
         for index, row in enumerate(rows):
             if any(rule(row) for rule in rules):
                 raise _Rejected(400, "InvalidPayload", f"Row {index} was refused by the data collection rule.")
         with self._data_lock:
-            self._rows.extend(rows)
+            self._rows_by_stream[stream].extend(rows)
             self._oversized.extend(oversized)
 
     def _check_auth(self, header: str | None) -> None:
@@ -244,15 +262,16 @@ class LogsIngestionStandIn(StandInServer):
                 raise _Rejected(400, "InvalidPayload", f"Row {index} is not a JSON object.")
         return payload
 
-    def _validate(self, request_number: int, rows: list[dict[str, Any]]) -> list[OversizedField]:
+    def _validate(self, request_number: int, stream: str, rows: list[dict[str, Any]]) -> list[OversizedField]:
+        columns = self.stream_columns[stream]
         oversized: list[OversizedField] = []
         for index, row in enumerate(rows):
             for column, value in row.items():
-                expected = self.columns.get(column)
+                expected = columns.get(column)
                 if expected is None:
                     raise _Rejected(
                         400, "InvalidPayload",
-                        f"Row {index}: column '{column}' is not declared in stream '{self.stream_name}'.",
+                        f"Row {index}: column '{column}' is not declared in stream '{stream}'.",
                     )
                 if not _fits(value, expected):
                     raise _Rejected(
