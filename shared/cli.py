@@ -22,7 +22,7 @@ from shared.cursor import Cursor
 from shared.pipeline import INVALID_EVENT_PREFIX, SETTLE_DELAY_SECONDS, CollectionReport, backfill_collection
 from shared.ports import DeadLetterUnavailable, SourceError
 from shared.settings import SettingsError, load_settings, org_name_problem, parse_duration
-from shared.transform import InvalidEvent, iso_utc, normalize
+from shared.transform import InvalidEvent, encode_row, iso_utc, normalize
 
 
 class UsageError(ValueError):
@@ -266,7 +266,7 @@ def _deadletter(args: argparse.Namespace) -> int:
     # Events that could not become rows need a person, not a replay.
     letters = [letter for letter in dead_letters.list(args.org) if not letter.key.startswith(INVALID_EVENT_PREFIX)]
     try:
-        refused = {id(item.row) for item in sink.send([letter.row for letter in letters])}
+        refused = {id(item.row) for item in sink.send([encode_row(letter.row) for letter in letters])}
     except SinkUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from shared.catalog import EventCatalog
+from shared.ports import EncodedRow
 from shared.schema import MAX_FIELD_BYTES
 
 # Unix seconds above this are taken to be milliseconds (it is the year 5138 in seconds).
@@ -185,6 +188,20 @@ def normalize(org: str, event: Any, catalog: EventCatalog) -> NormalizedEvent:
 def to_row(org: str, event: Any, occurrence: int, catalog: EventCatalog) -> dict[str, Any]:
     """The table row of an event; `occurrence` numbers identical events (1-based)."""
     return normalize(org, event, catalog).row(occurrence)
+
+
+def encode_row(row: dict[str, Any]) -> EncodedRow:
+    """The row with its request-body JSON: compact UTF-8, which Logs Ingestion accepts.
+
+    orjson writes it about 8x faster than `json.dumps`. It refuses a lone surrogate and an
+    integer over 64 bits, which a row from `normalize` never holds; a row from elsewhere (a
+    dead letter) that does is written by the standard library, as the SDK would have.
+    """
+    try:
+        body = orjson.dumps(row)
+    except orjson.JSONEncodeError:
+        body = json.dumps(row).encode()
+    return EncodedRow(row, body)
 
 
 def valid_utf8(text: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from shared.catalog import default_catalog
 from shared.schema import COLUMN_NAMES, COLUMNS, MAX_FIELD_BYTES
-from shared.transform import InvalidEvent, normalize, to_row
+from shared.transform import InvalidEvent, encode_row, normalize, to_row
 
 CATALOG = default_catalog()
 EVENT = {
@@ -187,3 +187,15 @@ def test_lone_surrogates_are_replaced_so_the_row_is_valid_utf8():
 def test_the_id_survives_the_api_presenting_the_same_event_differently(presented_differently):
     assert row_of(presented_differently)["EventId_s"] == row_of(EVENT)["EventId_s"]
 
+
+def test_a_rows_body_is_its_compact_utf8_json():
+    row = row_of({**EVENT, "description": "Déploiement 🚀 \u0007bell\ttab\nline \"quoted\" \\ \u2028"})
+    encoded = encode_row(row)
+    assert encoded.row is row
+    assert encoded.body == json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@pytest.mark.parametrize("value", ["bad \ud800 half", 10**30], ids=["lone-surrogate", "integer-over-64-bits"])
+def test_a_row_from_elsewhere_with_values_orjson_refuses_is_still_encoded(value):
+    row = {"OrgName_s": "acme", "Description_s": value}
+    assert json.loads(encode_row(row).body) == row
