@@ -50,7 +50,7 @@ def test_every_batch_body_stays_under_the_limit_even_with_non_ascii():
 def test_a_batch_is_cut_only_when_the_next_row_would_not_fit():
     rows = [encode_row({"pad": "x" * 9_990}) for _ in range(300)]
     cut = list(batches(rows))
-    assert all(array_size(batch + [rows[0]]) > MAX_BODY_BYTES for batch in cut[:-1])
+    assert all(array_size([*batch, rows[0]]) > MAX_BODY_BYTES for batch in cut[:-1])
 
 
 def test_batches_keep_every_row_in_order():
@@ -100,5 +100,6 @@ def test_a_row_larger_than_a_request_is_refused_without_sending_it(sink, ingesti
     small = rows_of(2)
     refused = sink.send([encode_row(small[0]), encode_row(huge), encode_row(small[1])])
     assert [item.row for item in refused] == [huge]
-    assert refused[0].reason == f"row is {len(json.dumps(huge, separators=(',', ':')))} bytes, over the 1 MB request limit"
+    size = len(json.dumps(huge, separators=(",", ":")))
+    assert refused[0].reason == f"row is {size} bytes, over the 1 MB request limit"
     assert ingestion.rows == small
