@@ -12,6 +12,7 @@ are returned for the dead-letter store: the other rows still land.
 from __future__ import annotations
 
 import io
+import logging
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,10 @@ from azure.core.exceptions import (
 from azure.core.pipeline.policies import RetryPolicy
 from azure.monitor.ingestion import LogsIngestionClient
 
+from shared.identity import APP_REGISTRATION
 from shared.ports import EncodedRow, RefusedRow, SinkUnavailable
+
+log = logging.getLogger("shared.ingestion_sink")
 
 # The service limit is 1 MB per call, uncompressed; stay a little below it.
 MAX_BODY_BYTES = 1_000_000
@@ -122,9 +126,11 @@ class LogsIngestionSink:
                 )
                 return
             except ClientAuthenticationError as error:
+                if error.response is None:  # no token came: the credential's message says what to fix
+                    raise SinkUnavailable(f"Logs Ingestion: {str(error.message).splitlines()[0]}") from None
                 raise SinkUnavailable(
-                    f"Logs Ingestion authentication failed ({_describe(error)}): check the managed identity "
-                    "(MANAGED_IDENTITY_CLIENT_ID) or the app registration"
+                    f"Logs Ingestion refused the token ({_describe(error)}): the identity (MANAGED_IDENTITY_CLIENT_ID, "
+                    f"or the app registration's {APP_REGISTRATION}) must be in the DCR's tenant"
                 ) from None
             except ResourceNotFoundError as error:
                 raise SinkUnavailable(
@@ -136,6 +142,13 @@ class LogsIngestionSink:
                     raise
                 if error.status_code == 403:
                     if forbidden < FORBIDDEN_RETRIES:
+                        if not forbidden:
+                            log.info(
+                                "Logs Ingestion refused the identity (403); retrying every %d s for up to %d s "
+                                "while a new role assignment reaches the DCR",
+                                FORBIDDEN_RETRY_SECONDS,
+                                FORBIDDEN_RETRIES * FORBIDDEN_RETRY_SECONDS,
+                            )
                         forbidden += 1
                         time.sleep(FORBIDDEN_RETRY_SECONDS)
                         continue
@@ -148,7 +161,10 @@ class LogsIngestionSink:
                     f"Logs Ingestion did not accept the rows after retries ({_describe(error)})"
                 ) from None
             except AzureError as error:
-                raise SinkUnavailable(f"Logs Ingestion unreachable after retries ({type(error).__name__})") from None
+                raise SinkUnavailable(
+                    f"Logs Ingestion unreachable after retries ({type(error).__name__}): "
+                    "check LOGS_INGESTION_ENDPOINT and the network"
+                ) from None
 
 
 def _describe(error: AzureError) -> str:
