@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from shared.checkpoint_store import CheckpointStore, CheckpointUnavailable, CursorKey
 from shared.cursor import Cursor
+from shared.logs import quiet_library_logs
 from shared.pipeline import INVALID_EVENT_PREFIX, SETTLE_DELAY_SECONDS, CollectionReport, backfill_collection
 from shared.ports import DeadLetterUnavailable, SourceError
 from shared.settings import SettingsError, load_settings, org_name_problem, parse_duration
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    quiet_library_logs()
     args = build_parser().parse_args(argv)
     try:
         _check_org_options(args)
