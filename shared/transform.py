@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -28,7 +28,8 @@ _EARLIEST = 946_684_800  # 2000-01-01: anything before is not a Pulumi event tim
 _LATEST = 4_102_444_800  # 2100-01-01
 
 # The text columns whose value comes from outside (the event, or the org name): these may be
-# too long or hold lone surrogates. The others are built from the catalog or the clock.
+# too long or hold lone surrogates. The others are built from the catalog or the clock;
+# RawEvent_s is fitted when a row is built.
 _FREE_TEXT_COLUMNS = (
     "SourceIP_s",
     "Event_s",
@@ -41,7 +42,6 @@ _FREE_TEXT_COLUMNS = (
     "ActorName_s",
     "ActorUrn_s",
     "OrgName_s",
-    "RawEvent_s",
 )
 # One encoder for every RawEvent_s: `json.dumps` with options builds a new one per call.
 _RAW_EVENT_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
@@ -70,22 +70,38 @@ _IDENTITY_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class NormalizedEvent:
-    """An event mapped to its row, waiting for its occurrence number to get an EventId_s.
+    """An event mapped to its identity and its row, which waits for its occurrence number.
 
-    `fields` is the row in column order, its EventId_s still empty.
+    `fields` is the row in column order, its EventId_s and RawEvent_s still empty, and
+    `truncated_fields` the columns of `fields` cut to the field limit. RawEvent_s, the costliest
+    column, is written from `event` only when a row is built: a window re-reads its overlap, and
+    most events a run reads were sent before. `event` must not change until then.
     """
 
     org: str
     timestamp: int
     identity: bytes
     fields: dict[str, Any]
-    truncated_columns: tuple[str, ...]
+    event: Mapping[str, Any]
+    truncated_fields: tuple[str, ...]
+    _raw_event: tuple[str, bool] | None = field(default=None, init=False, repr=False, compare=False)
 
     def row(self, occurrence: int) -> dict[str, Any]:
         """The table row of the `occurrence`-th (1-based) event with this identity."""
-        return {**self.fields, "EventId_s": event_id(self.identity, occurrence)}
+        return {**self.fields, "EventId_s": event_id(self.identity, occurrence), "RawEvent_s": self.raw_event()[0]}
+
+    @property
+    def truncated_columns(self) -> tuple[str, ...]:
+        """The columns cut to the field limit, in column order."""
+        return (*self.truncated_fields, "RawEvent_s") if self.raw_event()[1] else self.truncated_fields
+
+    def raw_event(self) -> tuple[str, bool]:
+        """RawEvent_s, and whether it was cut to the field limit; written once, on first use."""
+        if self._raw_event is None:
+            self._raw_event = _fit(_RAW_EVENT_ENCODER.encode(self.event))
+        return self._raw_event
 
 
 def raw_digest(org: str, event: Any) -> bytes:
@@ -163,25 +179,21 @@ def normalize(org: str, event: Any, catalog: EventCatalog) -> NormalizedEvent:
         "Product_s": catalog.product(event_type),
         "Category_s": catalog.category(event_type),
         "EventTime_t": time_text,
-        "RawEvent_s": _RAW_EVENT_ENCODER.encode(event),
+        "RawEvent_s": "",
     }
     truncated = []
     for column in _FREE_TEXT_COLUMNS:
-        value = fields[column]
-        if value.isascii() and len(value) <= MAX_FIELD_BYTES:
-            continue  # valid UTF-8 that fits: the common case, checked without encoding
-        clean = valid_utf8(value)
-        cut = truncate_visibly(clean)
-        if cut is not clean:
+        fields[column], cut = _fit(fields[column])
+        if cut:
             truncated.append(column)
-        fields[column] = cut
     identity_text = json.dumps([org] + [fields[column] for column in _IDENTITY_COLUMNS], ensure_ascii=True)
     return NormalizedEvent(
         org=org,
         timestamp=seconds,
         identity=hashlib.sha256(identity_text.encode()).digest(),
         fields=fields,
-        truncated_columns=tuple(truncated),
+        event=event,
+        truncated_fields=tuple(truncated),
     )
 
 
@@ -202,6 +214,15 @@ def encode_row(row: dict[str, Any]) -> EncodedRow:
     except orjson.JSONEncodeError:
         body = json.dumps(row).encode()
     return EncodedRow(row, body)
+
+
+def _fit(text: str) -> tuple[str, bool]:
+    """`text` as valid UTF-8 within the field limit, and whether it had to be cut."""
+    if text.isascii() and len(text) <= MAX_FIELD_BYTES:
+        return text, False  # the common case, checked without encoding
+    clean = valid_utf8(text)
+    cut = truncate_visibly(clean)
+    return cut, cut is not clean
 
 
 def valid_utf8(text: str) -> str:

@@ -115,6 +115,11 @@ def test_the_raw_event_is_the_events_json_with_sorted_keys_and_text_as_is():
     assert row_of(event)["RawEvent_s"] == json.dumps(event, sort_keys=True, ensure_ascii=False)
 
 
+def test_the_raw_event_is_written_once_for_all_the_rows_of_an_event():
+    normalized = normalize("acme", EVENT, CATALOG)
+    assert normalized.row(1)["RawEvent_s"] is normalized.row(2)["RawEvent_s"]
+
+
 def test_identical_events_differ_by_occurrence():
     assert row_of(EVENT, occurrence=1)["EventId_s"] != row_of(EVENT, occurrence=2)["EventId_s"]
 
