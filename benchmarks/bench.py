@@ -269,13 +269,14 @@ def main() -> None:
     if args.backlog:
         print(json.dumps(end_to_end(args.backlog, args.page_size)))
         return
-    print(f"CPU, {CPU_EVENTS} simulated events, {REPEATS} repeats (min / median / max):")
-    print_cpu_figures()
+    # The fresh processes first: a child's peak RSS starts at its parent's RSS when it is forked.
     print(f"end to end, one org, {END_TO_END_EVENTS} events, {REPEATS} runs each in a fresh process:")
     print_end_to_end_figures()
     print("memory, end to end, one day of backlog, pages of 100 (each in a fresh process):")
     for backlog in (2_000, 10_000, 40_000):
         print("  " + json.dumps(_end_to_end_in_a_fresh_process(backlog, 100)))
+    print(f"CPU, {CPU_EVENTS} simulated events, {REPEATS} repeats (min / median / max):")
+    print_cpu_figures()
 
 
 if __name__ == "__main__":
