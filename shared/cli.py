@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from shared.cursor import Cursor
 from shared.delivery import LIVE, describe, plan_reset
+from shared.logs import quiet_library_logs
 from shared.pipeline import (
     INVALID_EVENT_PREFIX,
     LEASE_SECONDS,
@@ -34,7 +35,7 @@ from shared.pipeline import (
 )
 from shared.ports import DeadLetterUnavailable, LeaseHeld, SourceError, StateConflict, StateUnavailable
 from shared.settings import SettingsError, load_settings, org_name_problem, parse_duration
-from shared.transform import InvalidEvent, iso_utc, normalize
+from shared.transform import InvalidEvent, encode_row, iso_utc, normalize
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 EXIT_CODES = (
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    quiet_library_logs()
     args = build_parser().parse_args(argv)
     try:
         _check_org_options(args)
@@ -422,7 +424,7 @@ def _deadletter(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         letter for org in orgs for letter in dead_letters.list(org) if not letter.key.startswith(INVALID_EVENT_PREFIX)
     ]
     try:
-        refused = {id(item.row) for item in sink.send([letter.row for letter in letters])}
+        refused = {id(item.row) for item in sink.send([encode_row(letter.row) for letter in letters])}
     except SinkUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

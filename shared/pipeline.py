@@ -44,7 +44,7 @@ from shared.ports import (
     StateStore,
     StateUnavailable,
 )
-from shared.transform import InvalidEvent, normalize, raw_digest, truncate_visibly, valid_utf8
+from shared.transform import InvalidEvent, encode_row, normalize, raw_digest, truncate_visibly, valid_utf8
 
 log = logging.getLogger("shared.pipeline")
 
@@ -275,7 +275,7 @@ class Collector:
             report.fetched += len(page.events)
 
             rows, invalid = self._rows_of_page(collection.org, cursor, page, report)
-            refused_by_service = self.sink.send(rows) if rows else []
+            refused_by_service = self.sink.send([encode_row(row) for row in rows]) if rows else []
             refused = invalid + refused_by_service
             if refused:
                 self.dead_letters.put(collection.org, refused)

@@ -65,6 +65,14 @@ class TokenSource(Protocol):
 
 
 @dataclass(frozen=True)
+class EncodedRow:
+    """A row and its JSON exactly as it goes on the wire: serialised once, sized from the same bytes."""
+
+    row: dict[str, Any]
+    body: bytes
+
+
+@dataclass(frozen=True)
 class RefusedRow:
     row: dict[str, Any]
     reason: str
@@ -75,7 +83,7 @@ class SinkUnavailable(RuntimeError):
 
 
 class RowSink(Protocol):
-    def send(self, rows: Sequence[dict[str, Any]]) -> list[RefusedRow]: ...
+    def send(self, rows: Sequence[EncodedRow]) -> list[RefusedRow]: ...
 
 
 # -- the dead-letter store -------------------------------------------------------------------------

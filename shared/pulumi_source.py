@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -61,10 +61,13 @@ class PulumiAuditSource:
     ):
         self._api_url = api_url.rstrip("/")
         self._tokens = tokens
+        self._host = urlsplit(api_url).netloc.rpartition("@")[2]
         self._timeout = timeout
         self._max_response_bytes = max_response_bytes
         self._session = requests.Session()
-        adapter = HTTPAdapter(max_retries=retry or default_retry())
+        retry = retry or default_retry()
+        self._retried_statuses = frozenset(retry.status_forcelist or ())
+        adapter = HTTPAdapter(max_retries=retry)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.headers.update(
@@ -94,9 +97,17 @@ class PulumiAuditSource:
                 status = response.status_code
                 content_type = response.headers.get("Content-Type", "")
         except requests.RequestException as error:
-            raise SourceError(f"Pulumi API unreachable for org {org!r}: {type(error).__name__}") from None
+            raise SourceError(
+                f"Pulumi API unreachable for org {org!r} at {self._host} ({type(error).__name__}): "
+                "check PULUMI_API_URL and the network"
+            ) from None
         if status == 401:
             self._tokens.forget(org)
+        if status in self._retried_statuses:
+            raise SourceError(
+                f"Pulumi API answered {status} for org {org!r} after retries{_error_message(body)} "
+                f"({self._host}, from PULUMI_API_URL)"
+            )
         if status != 200:
             raise self._status_error(org, token, status, body, continuation_token)
         return _parse_page(org, body, content_type)

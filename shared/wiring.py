@@ -17,13 +17,14 @@ from urllib.parse import urlsplit
 
 from azure.core.credentials import TokenCredential
 from azure.data.tables import TableClient
-from azure.identity import DefaultAzureCredential
 from azure.keyvault.secrets import SecretClient
 from azure.monitor.ingestion import LogsIngestionClient
 
 from shared.catalog import default_catalog
 from shared.dead_letter import TableDeadLetterStore
+from shared.identity import ExplainedCredential
 from shared.ingestion_sink import LogsIngestionSink, default_retry_policy
+from shared.logs import quiet_library_logs
 from shared.pipeline import CollectionReport, Collector, run_cycle
 from shared.ports import TokenSource
 from shared.pulumi_source import PulumiAuditSource
@@ -47,9 +48,7 @@ def azure_credential(settings: Settings) -> TokenCredential:
     """Managed identity (user-assigned when MANAGED_IDENTITY_CLIENT_ID is set), or the
     app registration of AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET, or a
     developer's Azure CLI login: DefaultAzureCredential tries them in that order."""
-    if settings.managed_identity_client_id:
-        return DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
-    return DefaultAzureCredential()
+    return ExplainedCredential(settings.managed_identity_client_id)
 
 
 def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsIngestionSink:
@@ -140,6 +139,7 @@ class Connector:
 
 
 def connector_from_environment(environ: Mapping[str, str] | None = None) -> Connector:
+    quiet_library_logs()
     settings = load_settings(os.environ if environ is None else environ)
     return Connector(settings=settings, collector=collector_from_settings(settings))
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from shared.dead_letter import dead_letter_key
-from shared.ports import AuditPage, ContinuationTokenRejected, DeadLetter, RefusedRow, SinkUnavailable
+from shared.ports import AuditPage, ContinuationTokenRejected, DeadLetter, EncodedRow, RefusedRow, SinkUnavailable
 from shared.state_store import MemoryEntities, TableStateStore
 
 
@@ -53,13 +53,13 @@ class FakeSink:
         self.unavailable_for = 0  # the next N send calls raise SinkUnavailable
         self.before_send: Callable[[], None] = lambda: None
 
-    def send(self, rows: Sequence[dict[str, Any]]) -> list[RefusedRow]:
+    def send(self, rows: Sequence[EncodedRow]) -> list[RefusedRow]:
         self.before_send()
         if self.unavailable_for:
             self.unavailable_for -= 1
             raise SinkUnavailable("Logs Ingestion did not accept the rows after retries (503)")
         refused = []
-        for row in rows:
+        for row in (encoded.row for encoded in rows):
             reason = self.refuse(row)
             if reason:
                 refused.append(RefusedRow(row, reason))

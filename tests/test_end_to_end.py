@@ -11,6 +11,7 @@ from azure.functions.timer import TimerRequest
 
 from shared.ports import SinkUnavailable
 from shared.standins import simulate_events
+from shared.transform import encode_row
 from tests.harness import MANAGED_IDENTITY_CLIENT_ID, PULUMI_TOKEN, expected_ids
 
 NOW = int(time.time())
@@ -184,5 +185,5 @@ def test_tls_trust_comes_from_requests_ca_bundle_for_every_outbound_call(deploym
     [report] = connector.run_once()
     assert report.failed and "SSLError" in report.error
     with pytest.raises(SinkUnavailable, match="unreachable"):
-        connector.collector.sink.send([{"OrgName_s": "acme"}])
+        connector.collector.sink.send([encode_row({"OrgName_s": "acme"})])
     assert deployment.ingestion.rows == []
