@@ -169,18 +169,23 @@ class Cursor:
     def finish_page(self, next_token: str | None, overlap: int) -> None:
         """Record a page as handled; the last page of a window moves the watermark."""
         if next_token:
-            digest = token_digest(next_token)
+            self._page_tokens.append(token_digest(next_token))
+        self.follow(next_token)
+        if self.window is None:
+            horizon = self.watermark - overlap
+            self.ledger = {key: entry for key, entry in self.ledger.items() if entry.timestamp >= horizon}
+
+    def follow(self, next_token: str | None) -> None:
+        """Move to the next page: the one `next_token` names, or past the end of the window."""
+        if next_token:
             self.continuation_token = next_token
-            self.window_tokens.add(digest)
-            self._page_tokens.append(digest)
+            self.window_tokens.add(token_digest(next_token))
             return
         assert self.window is not None
         self.watermark = self.window.end
         self.window = None
         self.continuation_token = None
         self.window_tokens.clear()
-        horizon = self.watermark - overlap
-        self.ledger = {key: entry for key, entry in self.ledger.items() if entry.timestamp >= horizon}
 
     def take_segment(self) -> LedgerSegment | None:
         """What the pages handled since the last save changed, to store with the cursor."""
@@ -228,6 +233,24 @@ class Cursor:
             pass_number=self.pass_number + 1,
             next_segment=self.next_segment,
         )
+
+    def snapshot(self) -> Cursor:
+        """The cursor's position as a save writes it (no ledger): what a later upload commits."""
+        return Cursor(
+            watermark=self.watermark,
+            origin=self.origin,
+            until=self.until,
+            window=self.window,
+            continuation_token=self.continuation_token,
+            pass_number=self.pass_number,
+            next_segment=self.next_segment,
+        )
+
+    def navigator(self) -> Cursor:
+        """A copy that walks the same windows and tokens, for reading pages ahead of this cursor."""
+        ahead = self.snapshot()
+        ahead.window_tokens = set(self.window_tokens)
+        return ahead
 
     def lag_seconds(self, now: int) -> int:
         return max(0, now - self.watermark)

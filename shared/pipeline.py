@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.catalog import EventCatalog
-from shared.cursor import Cursor
+from shared.cursor import DIGEST_KEY_BYTES, Cursor, SegmentEntry
 from shared.delivery import LIVE, BackfillPlan, OrgState, first_live_cursor, fold_lane, lane_name, plan_backfill
 from shared.ports import (
     AuditPage,
     AuditSource,
-    ContinuationTokenRejected,
     DeadLetterStore,
     DeadLetterUnavailable,
+    EncodedRow,
     LeaseHeld,
     RefusedRow,
     RowSink,
@@ -44,6 +44,7 @@ from shared.ports import (
     StateStore,
     StateUnavailable,
 )
+from shared.stages import WINDOW_RESTARTED, PageReader, PageRecord, ReadingEnded, ReadingFailed, Uploader
 from shared.transform import InvalidEvent, encode_row, normalize, raw_digest, truncate_visibly, valid_utf8
 
 log = logging.getLogger("shared.pipeline")
@@ -74,6 +75,7 @@ class CollectionReport:
     pages: int = 0
     lag_seconds: int | None = None
     watermark: int | None = None
+    saved_pages: int = 0  # pages of this run whose rows were accepted and whose cursor was saved
     status: str = "ok"
     error: str | None = None
 
@@ -206,7 +208,8 @@ class Collector:
                 cursor, etag = collection.first_cursor(state), None
             else:
                 cursor, etag = stored.cursor, stored.etag
-                cursor.restore(self.state.load_segments(collection.org, collection.name), collection.overlap_seconds)
+            # Segments without a cursor hold rows a failed first run delivered: they are not sent again.
+            cursor.restore(self.state.load_segments(collection.org, collection.name), collection.overlap_seconds)
             etag = self._advance(collection, cursor, etag, report, deadline, keeper)
             if cursor.finished:
                 self._fold(collection, etag)
@@ -243,65 +246,67 @@ class Collector:
         deadline: float | None,
         keeper: LeaseKeeper,
     ) -> str | None:
-        token_restarted = False
-        while True:
-            if deadline is not None and self.monotonic() >= deadline:
-                report.status = "stopped"
-                return etag
-            if cursor.window is None:
-                if not cursor.open_window(
-                    collection.end_limit, collection.overlap_seconds, collection.max_window_seconds
-                ):
-                    return etag
-                token_restarted = False
-            window = cursor.window
-            try:
-                page = self.source.fetch_page(collection.org, window.start, window.end, cursor.continuation_token)
-            except ContinuationTokenRejected:
-                if token_restarted:
-                    raise
-                token_restarted = True
-                cursor.restart_window()
-                continue
-            if page.next_token and cursor.is_repeated_token(page.next_token):
-                # The saved token chain can't be trusted: the next run reads the window from its
-                # first page again, and the ledger drops what was already sent.
-                cursor.restart_window()
-                self._save(collection, cursor, etag, report, keeper)
-                raise SourceError(
-                    f"Pulumi API paging loops for org {collection.org!r}: a continuation token came back twice"
-                )
-            report.pages += 1
-            report.fetched += len(page.events)
+        """Transform pages as the reader hands them over, and hand their rows to the uploader."""
 
-            rows, invalid = self._rows_of_page(collection.org, cursor, page, report)
-            refused_by_service = self.sink.send([encode_row(row) for row in rows]) if rows else []
-            refused = invalid + refused_by_service
-            if refused:
-                self.dead_letters.put(collection.org, refused)
-                for item in refused:
-                    log.error("org=%s dead-lettered row %s: %s", collection.org, item.row.get("EventId_s"), item.reason)
-            report.sent += len(rows) - len(refused_by_service)
-            report.dead_lettered += len(refused)
+        def after_save(saved: Cursor, page_number: int) -> None:
+            report.saved_pages = page_number
+            for callback in self.progress:
+                callback(collection, saved, report)
 
-            cursor.finish_page(page.next_token, collection.overlap_seconds)
-            etag = self._save(collection, cursor, etag, report, keeper)
+        reader = PageReader(
+            self.source,
+            collection.org,
+            cursor.navigator(),
+            collection.end_limit,
+            collection.overlap_seconds,
+            collection.max_window_seconds,
+            deadline,
+            self.monotonic,
+        ).start()
+        uploader = Uploader(
+            self.sink, self.state, self.dead_letters, collection.org, collection.name, etag, keeper.check, after_save,
+            report,
+        )
+        try:
+            while True:
+                item = reader.next()
+                if isinstance(item, ReadingEnded):
+                    report.status = "stopped" if item.stopped else report.status
+                    return uploader.finish()
+                if isinstance(item, ReadingFailed):
+                    uploader.finish()  # what was read before the failure is sent and saved
+                    raise item.error
+                if item is WINDOW_RESTARTED:
+                    cursor.restart_window()
+                    continue
+                if cursor.window is None:
+                    cursor.open_window(collection.end_limit, collection.overlap_seconds, collection.max_window_seconds)
+                if item.loops:
+                    # The token chain can't be trusted: the next run reads the window from its first
+                    # page again, and the ledger drops what was already sent.
+                    cursor.restart_window()
+                    uploader.add([], [], self._record(collection, cursor, (), 0, report.pages))
+                    uploader.finish()
+                    raise SourceError(
+                        f"Pulumi API paging loops for org {collection.org!r}: a continuation token came back twice"
+                    )
+                report.pages += 1
+                report.fetched += len(item.page.events)
+                rows, marks, invalid = self._rows_of_page(collection.org, cursor, item.page, report)
+                cursor.finish_page(item.page.next_token, collection.overlap_seconds)
+                uploader.add(rows, marks, self._record(collection, cursor, invalid, len(rows), report.pages))
+        finally:
+            reader.stop()
+            uploader.abandon()
 
-    def _save(
-        self, collection: Collection, cursor: Cursor, etag: str | None, report: CollectionReport, keeper: LeaseKeeper
-    ) -> str:
-        keeper.check()
+    @staticmethod
+    def _record(
+        collection: Collection, cursor: Cursor, invalid: Sequence[RefusedRow], rows: int, page_number: int
+    ) -> PageRecord:
+        """What to save once the page's rows are accepted: the cursor and what the page changed."""
         segment = cursor.take_segment()
-        stale = cursor.stale_segments(collection.overlap_seconds)
-        if segment is not None and segment.sequence in stale:
-            stale.remove(segment.sequence)
-            segment = None
-        etag = self.state.save_cursor(collection.org, collection.name, cursor, etag, segment)
-        if stale:
-            self.state.delete_segments(collection.org, collection.name, stale)
-        for callback in self.progress:
-            callback(collection, cursor, report)
-        return etag
+        stale = cursor.stale_segments(collection.overlap_seconds)  # may name the page's own segment
+        return PageRecord(cursor.snapshot(), segment, tuple(stale), tuple(invalid), rows, page_number)
 
     def _fold(self, collection: Collection, etag: str | None) -> None:
         """A finished lane becomes part of the org's coverage, and its cursor goes."""
@@ -319,9 +324,11 @@ class Collector:
 
     def _rows_of_page(
         self, org: str, cursor: Cursor, page: AuditPage, report: CollectionReport
-    ) -> tuple[list[dict[str, Any]], list[RefusedRow]]:
+    ) -> tuple[list[EncodedRow], list[SegmentEntry], list[RefusedRow]]:
+        """The page's new rows, serialised; what each adds to the ledger; the events that can't be rows."""
         window = cursor.window
-        rows: list[dict[str, Any]] = []
+        rows: list[EncodedRow] = []
+        marks: list[SegmentEntry] = []
         invalid: list[RefusedRow] = []
         for event in page.events:
             try:
@@ -344,8 +351,9 @@ class Collector:
                     row["EventId_s"],
                     ", ".join(normalized.truncated_columns),
                 )
-            rows.append(row)
-        return rows, invalid
+            rows.append(encode_row(row))
+            marks.append(SegmentEntry(normalized.identity[:DIGEST_KEY_BYTES], normalized.timestamp, 0, occurrence))
+        return rows, marks, invalid
 
 
 INVALID_EVENT_PREFIX = "invalid-"

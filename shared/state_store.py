@@ -320,13 +320,23 @@ class TableStateStore:
     def create_cursor(self, org: str, name: str, cursor: Cursor) -> str:
         return self._entities.transact(org, [("create", {"RowKey": _cursor_key(name), **cursor_entity(cursor)})])[0]
 
-    def save_cursor(self, org: str, name: str, cursor: Cursor, etag: str | None, segment: LedgerSegment | None) -> str:
+    def save_cursor(
+        self, org: str, name: str, cursor: Cursor, etag: str | None, segments: Sequence[LedgerSegment] = ()
+    ) -> str:
+        """The cursor and the ledger segments of the pages it moved past, in one transaction
+        (segments beyond what one transaction holds go first: a segment alone only ever
+        records rows that were delivered)."""
         row = {"RowKey": _cursor_key(name), **cursor_entity(cursor)}
-        operations: list[Operation] = [("create", row) if etag is None else ("replace", row, etag)]
-        if segment is not None:
-            key = f"{_segment_prefix(name)}{segment.sequence:010d}"
-            operations.append(("upsert", {"RowKey": key, **segment_entity(segment)}))
-        return self._entities.transact(org, operations)[0]
+        writes = [_segment_write(name, segment) for segment in segments]
+        early = len(writes) - min(len(writes), _MAX_BATCH - 1)
+        for start in range(0, early, _MAX_BATCH):
+            self._entities.transact(org, writes[start : min(start + _MAX_BATCH, early)])
+        cursor_write = ("create", row) if etag is None else ("replace", row, etag)
+        return self._entities.transact(org, [cursor_write, *writes[early:]])[0]
+
+    def save_segments(self, org: str, name: str, segments: Sequence[LedgerSegment]) -> None:
+        """Ledger segments alone: what a request delivered of a page that is not complete yet."""
+        self._entities.transact(org, [_segment_write(name, segment) for segment in segments])
 
     def delete_segments(self, org: str, name: str, sequences: Sequence[int]) -> None:
         deletes = [("delete", f"{_segment_prefix(name)}{sequence:010d}", None) for sequence in sequences]
@@ -367,6 +377,10 @@ class TableStateStore:
     def release_lease(self, org: str, name: str, lease: Lease) -> None:
         with contextlib.suppress(StateConflict):
             self._entities.transact(org, [("delete", _lease_key(name), lease.etag)])
+
+
+def _segment_write(name: str, segment: LedgerSegment) -> Operation:
+    return ("upsert", {"RowKey": f"{_segment_prefix(name)}{segment.sequence:010d}", **segment_entity(segment)})
 
 
 def _coverage_write(folded: Coverage, etag: str | None) -> Operation:

@@ -76,10 +76,10 @@ class CrashingStateStore(TableStateStore):
         self.saves = 0
         self.fail_saves_after: int | None = None
 
-    def save_cursor(self, org, name, cursor, etag, segment):
+    def save_cursor(self, org, name, cursor, etag, segments=()):
         if self.fail_saves_after is not None and self.saves >= self.fail_saves_after:
             raise SimulatedCrash("process died before the checkpoint write")
-        etag = super().save_cursor(org, name, cursor, etag, segment)
+        etag = super().save_cursor(org, name, cursor, etag, segments)
         self.saves += 1
         return etag
 

@@ -268,7 +268,9 @@ class World:
         self._passes: dict[tuple[str, int, int], list[Counter]] = {}
         self._invalid_seen: set[str] = set()
         self._snapshot: dict[str, list[dict[str, Any]]] = {}
-        self._pending: tuple | None = None
+        self._probe_lock = threading.Lock()
+        self._fetched: dict[str, list[tuple]] = {}  # pages read by the current run, per org
+        self._committed: dict[str, int] = {}  # how many of them a save covered
         self._serial = 0
 
     # -- arranging ----------------------------------------------------------------------------------
@@ -331,6 +333,7 @@ class World:
             self.forms.append(self._form)
         for org in self.orgs:
             self._snapshot[org] = self.api.events(org)
+        self._fetched, self._committed = {}, {}
         reports = connector.run_once()
         self.reports += reports
         self.statuses.append("/".join(report.status for report in reports))
@@ -368,27 +371,28 @@ class World:
     # -- the checkpoint probes --------------------------------------------------------------------
 
     def _on_page(self, org: str, start: int, end: int, token: str | None, page: AuditPage) -> None:
-        # A page counts once the pipeline keeps it, i.e. when the save after it happens; a page
-        # it refuses (a looping token) is followed by another fetch or by nothing.
-        self._pending = (org, start, end, token, page)
+        # A page counts once the pipeline keeps it, i.e. when a save covers it. Pages are read
+        # ahead of their save; the ones a run reads but never keeps (a looping token, a stop) come last.
+        with self._probe_lock:
+            self._fetched.setdefault(org, []).append((org, start, end, token, page))
 
-    def _commit_page(self) -> None:
-        if self._pending is None:
-            return
-        org, start, end, token, page = self._pending
-        self._pending = None
-        passes = self._passes.setdefault((org, start, end), [])
-        if token is None or not passes:
-            passes.append(Counter())
-        catalog = default_catalog()
-        for event in page.events:
-            try:
-                normalized = normalize(org, event, catalog)
-            except InvalidEvent:
-                self._invalid_seen.add(invalid_event_id(org, event))
-                continue
-            if start <= normalized.timestamp < end:
-                passes[-1][normalized.identity] += 1
+    def _commit_pages(self, org: str, saved_pages: int) -> None:
+        fetched = self._fetched.get(org, [])
+        while self._committed.get(org, 0) < saved_pages:
+            _, start, end, token, page = fetched[self._committed.get(org, 0)]
+            self._committed[org] = self._committed.get(org, 0) + 1
+            passes = self._passes.setdefault((org, start, end), [])
+            if token is None or not passes:
+                passes.append(Counter())
+            catalog = default_catalog()
+            for event in page.events:
+                try:
+                    normalized = normalize(org, event, catalog)
+                except InvalidEvent:
+                    self._invalid_seen.add(invalid_event_id(org, event))
+                    continue
+                if start <= normalized.timestamp < end:
+                    passes[-1][normalized.identity] += 1
 
     def _accepted(self) -> set[str]:
         return {row["EventId_s"] for row in self.ingestion.rows} | self.dead_lettered_ids
@@ -396,11 +400,11 @@ class World:
     def _on_save(self, collection: Collection, cursor: Cursor, report: CollectionReport) -> None:
         if collection.name != LIVE:
             return  # backfill lanes are checked by their scenarios
-        if cursor.window is not None and cursor.continuation_token is None:
-            self._pending = None  # a restarted window: the refused page is not kept, the window is read afresh
-        else:
-            self._commit_page()
-        org = collection.org
+        with self._probe_lock:
+            self._check_save(collection.org, cursor, report)
+
+    def _check_save(self, org: str, cursor: Cursor, report: CollectionReport) -> None:
+        self._commit_pages(org, report.saved_pages)
         previous = self._watermarks.get(org)
         if previous is not None and cursor.watermark < previous:
             self.violations.append(f"org {org}: the checkpoint moved backward from {previous} to {cursor.watermark}")

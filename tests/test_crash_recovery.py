@@ -64,9 +64,12 @@ def accept_the_first_upload_but_hold_the_answer(w: World) -> None:
     w.ingestion.faults.add(Fault.hold_response(HOLD, match=1))
 
 
-def hold_the_second_page(w: World) -> None:
-    w.seed()
-    w.api.faults.add(Fault.delay(HOLD, match=2))
+def hold_the_third_page(w: World) -> None:
+    # Pages of 5 rows of ~120 KB: the first request carries page 1 and the start of page 2, so
+    # page 1 is saved (mid-window) and page 2 keeps what was delivered of it, while page 3 is held.
+    w.api.page_size = 5
+    w.add(w.event(w.now - 2000 + i, description=f"Policy pack {i}: " + "p" * 60_000) for i in range(15))
+    w.api.faults.add(Fault.delay(HOLD, match=3))
 
 
 def hold_the_second_org(w: World) -> None:
@@ -84,7 +87,7 @@ def nothing_sent_yet(w: World) -> None:
 def first_page_checkpointed(w: World) -> None:
     cursor = w.deployment.checkpoint()
     assert cursor is not None and cursor.continuation_token, "killed mid-window, after page 1 was saved"
-    assert len(w.rows()) == 10
+    assert 5 < len(w.rows()) < 10, "page 2 was delivered in part"
 
 
 def first_org_caught_up(w: World) -> None:
@@ -111,7 +114,7 @@ KILL_POINTS = [
         "during-upload-after-the-first-batch-landed",
         hold_the_second_batch,
         lambda w: w.ingestion.request_count >= 2,
-        duplicates=True,
+        duplicates=False,  # what the first request delivered of the page is kept in its ledger segment
         checks=lambda w: len(w.rows()) > 0 and w.deployment.checkpoint() is None,
     ),
     KillPoint(
@@ -119,12 +122,12 @@ KILL_POINTS = [
         accept_the_first_upload_but_hold_the_answer,
         lambda w: bool(w.ingestion.requests) and w.ingestion.requests[0].handled,
         duplicates=True,
-        checks=lambda w: len(w.rows()) == 10 and w.deployment.checkpoint() is None,
+        checks=lambda w: len(w.rows()) == 25 and w.deployment.checkpoint() is None,
     ),
     KillPoint(
         "after-a-checkpoint-write-mid-window",
-        hold_the_second_page,
-        lambda w: w.api.request_count >= 2,
+        hold_the_third_page,
+        lambda w: w.api.request_count >= 3 and w.deployment.checkpoint() is not None,
         duplicates=False,
         checks=first_page_checkpointed,
     ),

@@ -180,8 +180,8 @@ def test_the_timer_logs_a_credential_failure_once(world: World, caplog, monkeypa
     [(logger, level, line)] = lines_at(caplog, logging.WARNING)
     assert (logger, level) == ("shared.run", "ERROR")
     assert re.fullmatch(
-        r"org=acme status=failed fetched=10 sent=0 duplicates_skipped=0 dead_lettered=0 lag_seconds=\d+ "
-        r"pages=1 truncated=0 error=" + re.escape("Logs Ingestion: " + NO_TOKEN + ASSIGNED_IDENTITY),
+        r"org=acme status=failed fetched=25 sent=0 duplicates_skipped=0 dead_lettered=0 lag_seconds=\d+ "
+        r"pages=3 truncated=0 error=" + re.escape("Logs Ingestion: " + NO_TOKEN + ASSIGNED_IDENTITY),
         line,
     )
 

@@ -46,7 +46,7 @@ def segment(sequence: int, pass_number: int = 3, count: int = 3) -> LedgerSegmen
 
 
 def test_a_saved_cursor_and_its_segment_read_back_equal(store):
-    store.save_cursor(ORG, LIVE, busy_cursor(), None, segment(6))
+    store.save_cursor(ORG, LIVE, busy_cursor(), None, [segment(6)])
     loaded = store.load_org(ORG).live
     assert loaded == busy_cursor()
     assert store.load_segments(ORG, LIVE) == [segment(6)]
@@ -58,10 +58,10 @@ def test_an_org_without_state_has_no_cursor_and_no_coverage(store):
 
 
 def test_a_save_with_a_stale_etag_is_refused_and_writes_nothing_of_the_page(store):
-    first = store.save_cursor(ORG, LIVE, busy_cursor(), None, segment(1))
-    store.save_cursor(ORG, LIVE, busy_cursor(), first, segment(2))
+    first = store.save_cursor(ORG, LIVE, busy_cursor(), None, [segment(1)])
+    store.save_cursor(ORG, LIVE, busy_cursor(), first, [segment(2)])
     with pytest.raises(StateConflict, match="changed by another run"):
-        store.save_cursor(ORG, LIVE, busy_cursor(), first, segment(3))
+        store.save_cursor(ORG, LIVE, busy_cursor(), first, [segment(3)])
     assert [s.sequence for s in store.load_segments(ORG, LIVE)] == [1, 2]
 
 
@@ -74,7 +74,7 @@ def test_two_runs_creating_the_same_cursor_conflict(store):
 def test_stale_segments_are_deleted_in_batches_of_at_most_one_hundred(store):
     etag = None
     for sequence in range(130):
-        etag = store.save_cursor(ORG, LIVE, busy_cursor(), etag, segment(sequence, count=1))
+        etag = store.save_cursor(ORG, LIVE, busy_cursor(), etag, [segment(sequence, count=1)])
     store.delete_segments(ORG, LIVE, list(range(125)))
     assert [s.sequence for s in store.load_segments(ORG, LIVE)] == [125, 126, 127, 128, 129]
 
@@ -82,7 +82,7 @@ def test_stale_segments_are_deleted_in_batches_of_at_most_one_hundred(store):
 def test_a_finished_lane_folds_into_the_coverage_and_its_cursor_and_segments_go(store):
     name = lane_name(T0 - 86400, T0)
     lane = Cursor(watermark=T0, origin=T0 - 86400, until=T0, next_segment=2)
-    etag = store.save_cursor(ORG, name, lane, None, segment(1))
+    etag = store.save_cursor(ORG, name, lane, None, [segment(1)])
     state = store.load_org(ORG)
     store.finish_lane(ORG, name, etag, state.folded.union([(T0 - 86400, T0)]), state.folded_etag)
     after = store.load_org(ORG)
@@ -95,8 +95,8 @@ def test_two_lanes_folding_from_the_same_read_cannot_both_win(store):
     state = store.load_org(ORG)
     first = lane_name(T0 - 200, T0 - 100)
     second = lane_name(T0 - 100, T0)
-    first_etag = store.save_cursor(ORG, first, Cursor(T0 - 100, T0 - 200, until=T0 - 100), None, None)
-    second_etag = store.save_cursor(ORG, second, Cursor(T0, T0 - 100, until=T0), None, None)
+    first_etag = store.save_cursor(ORG, first, Cursor(T0 - 100, T0 - 200, until=T0 - 100), None)
+    second_etag = store.save_cursor(ORG, second, Cursor(T0, T0 - 100, until=T0), None)
     store.finish_lane(ORG, first, first_etag, state.folded.union([(T0 - 200, T0 - 100)]), state.folded_etag)
     with pytest.raises(StateConflict):
         store.finish_lane(ORG, second, second_etag, state.folded.union([(T0 - 100, T0)]), state.folded_etag)
