@@ -2,10 +2,18 @@
 
 A collection is an org's live feed or one backfill lane. Its cursor walks time in
 windows: the watermark W says every event before W was handled, and [origin, W) is
-what this cursor delivered. A window queries [max(origin, W - overlap), end):
-re-reading the overlap catches events the API shows late, and the ledger drops the
-ones already sent. Pages of a window are followed by continuation token, and the
-token is saved with every page, so a run that stops resumes mid-window.
+what this cursor delivered. Re-reading time already read catches events the API shows
+late, and the ledger drops the ones already sent. It is done in two tiers, so that
+steady polling does not read every event eleven times:
+
+- every window starts `recent` seconds before W, so an event that shows up a few
+  minutes late is delivered by the next run;
+- the rest of LATE_EVENT_OVERLAP is re-read once, in bands: everything before the
+  re-read mark M had LATE_EVENT_OVERLAP to show up when it was last read, and once
+  [M, W - overlap) is a band long, a re-read window reads it and moves M.
+
+Pages of a window are followed by continuation token, and the token is saved with
+every page, so a run that stops resumes mid-window.
 
 The API has no event id and may return identical events in the same second, so the
 ledger counts, per event identity, how many were sent and how many this pass over the
@@ -26,6 +34,14 @@ DIGEST_KEY_BYTES = 8
 # A window opens only for at least this much new time: a sliver would re-read the whole
 # overlap for nothing. Well under the one-minute timer period.
 MIN_NEW_SECONDS = 30
+# Every live window re-reads this much before the watermark. With the one-minute timer an
+# event that shows up up to RECENT_REREAD_SECONDS + 60 s after its time is read by the next
+# run: the window ends 60 s back, and the last run read up to a minute before that.
+RECENT_REREAD_SECONDS = 240
+# The older part of the overlap is re-read once, in bands this long. A band is read once its
+# newest event had LATE_EVENT_OVERLAP to show up, so an event that shows up at most that late
+# is delivered at most LATE_EVENT_OVERLAP + REREAD_BAND_SECONDS + one run after its time.
+REREAD_BAND_SECONDS = 300
 
 
 @dataclass
@@ -39,9 +55,21 @@ class LedgerEntry:
 class Window:
     start: int
     end: int
+    reread: bool = False  # a band of the overlap read once more; it moves the re-read mark, not the watermark
 
     def contains(self, timestamp: int) -> bool:
         return self.start <= timestamp < self.end
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a run walks windows: fixed for the run, so no sliver of a window opens."""
+
+    end_limit: int  # the latest window end this run may read
+    max_span: int
+    overlap: int  # LATE_EVENT_OVERLAP: how late an event may show up and still be delivered
+    recent: int  # what every window re-reads before the watermark (at most `overlap`)
+    settled_before: int  # events before this had `overlap` to show up when this run reads them
 
 
 @dataclass(frozen=True)
@@ -90,6 +118,7 @@ class Cursor:
     continuation_token: str | None = None
     pass_number: int = 0
     next_segment: int = 0
+    reread_mark: int = 0  # M: time before it needs no re-reading
     ledger: dict[bytes, LedgerEntry] = field(default_factory=dict)
     # Digests of the continuation tokens this pass handed out, so a token that comes back
     # (a paging loop) is caught, even after a restart.
@@ -100,17 +129,21 @@ class Cursor:
 
     @classmethod
     def starting_at(cls, watermark: int, until: int | None = None) -> Cursor:
-        return cls(watermark=watermark, origin=watermark, until=until)
+        return cls(watermark=watermark, origin=watermark, until=until, reread_mark=watermark)
+
+    def horizon(self, plan: WindowPlan) -> int:
+        """The oldest time a window of this cursor may still read: the ledger keeps what lies after it."""
+        return max(self.origin, min(self.reread_mark, self.watermark - plan.recent))
 
     @property
     def finished(self) -> bool:
         """A backfill lane that reached its end; a live cursor never finishes."""
         return self.until is not None and self.watermark >= self.until and self.window is None
 
-    def restore(self, segments: list[LedgerSegment], overlap: int) -> None:
+    def restore(self, segments: list[LedgerSegment], plan: WindowPlan) -> None:
         """Rebuild the ledger and the pass's tokens from the stored segments. Events before
         the window this cursor reads (or will read next) are never admitted, so they are left out."""
-        horizon = self.window.start if self.window else max(self.origin, self.watermark - overlap)
+        horizon = self.window.start if self.window else self.horizon(plan)
         for segment in segments:
             self.segments[segment.sequence] = segment.info
             current = self.window is not None and segment.pass_number == self.pass_number
@@ -124,18 +157,28 @@ class Cursor:
             if current:
                 self.window_tokens.update(segment.tokens)
 
-    def open_window(self, end_limit: int, overlap: int, max_span: int) -> bool:
-        """Start the next window up to `end_limit`; False when there is nothing new to read."""
+    def open_window(self, plan: WindowPlan) -> bool:
+        """Start the next window; False when there is nothing new to read.
+
+        A band of the overlap that is due is read first; then the window of new time, which
+        also re-reads the recent part of the overlap.
+        """
         if self.window is not None:
             return True
-        end = min(end_limit, self.watermark + max_span)
+        recent = min(plan.recent, plan.overlap)
+        band_end = min(self.watermark - plan.overlap, self.reread_mark + plan.max_span)
+        if recent < plan.overlap and band_end - self.reread_mark >= REREAD_BAND_SECONDS:
+            self.window = Window(start=max(self.origin, self.reread_mark), end=band_end, reread=True)
+            self.restart_window()
+            return True
+        end = min(plan.end_limit, self.watermark + plan.max_span)
         if self.until is not None:
             end = min(end, self.until)
             if end <= self.watermark:
                 return False
         elif end - self.watermark < MIN_NEW_SECONDS:
             return False
-        self.window = Window(start=max(self.origin, self.watermark - overlap), end=end)
+        self.window = Window(start=max(self.origin, self.watermark - recent), end=end)
         self.restart_window()
         return True
 
@@ -166,23 +209,30 @@ class Cursor:
         page[2] = entry.sent
         return entry.seen_in_window
 
-    def finish_page(self, next_token: str | None, overlap: int) -> None:
-        """Record a page as handled; the last page of a window moves the watermark."""
+    def finish_page(self, next_token: str | None, plan: WindowPlan) -> None:
+        """Record a page as handled; the last page of a window moves the watermark (or the re-read mark)."""
         if next_token:
             self._page_tokens.append(token_digest(next_token))
-        self.follow(next_token)
+        self.follow(next_token, plan)
         if self.window is None:
-            horizon = self.watermark - overlap
+            horizon = self.horizon(plan)
             self.ledger = {key: entry for key, entry in self.ledger.items() if entry.timestamp >= horizon}
 
-    def follow(self, next_token: str | None) -> None:
+    def follow(self, next_token: str | None, plan: WindowPlan) -> None:
         """Move to the next page: the one `next_token` names, or past the end of the window."""
         if next_token:
             self.continuation_token = next_token
             self.window_tokens.add(token_digest(next_token))
             return
-        assert self.window is not None
-        self.watermark = self.window.end
+        window = self.window
+        assert window is not None
+        if window.reread:
+            self.reread_mark = window.end
+        else:
+            self.watermark = window.end
+            if window.start <= self.reread_mark:
+                # What this window read after it had the whole overlap to show up needs no re-read.
+                self.reread_mark = max(self.reread_mark, min(window.end, plan.settled_before))
         self.window = None
         self.continuation_token = None
         self.window_tokens.clear()
@@ -205,13 +255,13 @@ class Cursor:
         self.segments[segment.sequence] = segment.info
         return segment
 
-    def stale_segments(self, overlap: int) -> list[int]:
+    def stale_segments(self, plan: WindowPlan) -> list[int]:
         """Stored segments nothing needs any more; they are forgotten here and can be deleted.
 
         A segment of a finished pass is needed only for the events it sent that the next
         window's overlap may read again.
         """
-        horizon = self.watermark - overlap
+        horizon = self.horizon(plan)
         stale = [
             sequence
             for sequence, info in self.segments.items()
@@ -232,6 +282,7 @@ class Cursor:
             until=self.until,
             pass_number=self.pass_number + 1,
             next_segment=self.next_segment,
+            reread_mark=target,
         )
 
     def snapshot(self) -> Cursor:
@@ -244,6 +295,7 @@ class Cursor:
             continuation_token=self.continuation_token,
             pass_number=self.pass_number,
             next_segment=self.next_segment,
+            reread_mark=self.reread_mark,
         )
 
     def navigator(self) -> Cursor:

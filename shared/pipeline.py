@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.catalog import EventCatalog
-from shared.cursor import DIGEST_KEY_BYTES, Cursor, SegmentEntry
+from shared.cursor import DIGEST_KEY_BYTES, RECENT_REREAD_SECONDS, Cursor, SegmentEntry, WindowPlan
 from shared.delivery import LIVE, BackfillPlan, OrgState, first_live_cursor, fold_lane, lane_name, plan_backfill
 from shared.ports import (
     AuditPage,
@@ -76,6 +76,8 @@ class CollectionReport:
     lag_seconds: int | None = None
     watermark: int | None = None
     saved_pages: int = 0  # pages of this run whose rows were accepted and whose cursor was saved
+    late_events: int = 0  # new events found in time read before: the API showed them late
+    oldest_late_seconds: int = 0  # how old the oldest of them was when read: size LATE_EVENT_OVERLAP above it
     status: str = "ok"
     error: str | None = None
 
@@ -95,6 +97,8 @@ class CollectionReport:
             f"lag_seconds={'unknown' if self.lag_seconds is None else self.lag_seconds} "
             f"pages={self.pages} truncated={self.truncated_rows}"
         )
+        if self.late_events:
+            line += f" late_events={self.late_events} oldest_late_seconds={self.oldest_late_seconds}"
         return f"{line} error={self.error}" if self.error else line
 
 
@@ -105,9 +109,7 @@ class Collection:
     org: str
     name: str
     first_cursor: Callable[[OrgState], Cursor]  # where a collection with no stored cursor starts
-    end_limit: int  # the latest window end this run may read; fixed, so no sliver window opens
-    max_window_seconds: int
-    overlap_seconds: int
+    plan: WindowPlan
 
 
 def live_collection(org: str, now: int, initial_lookback_seconds: int, overlap_seconds: int) -> Collection:
@@ -115,9 +117,13 @@ def live_collection(org: str, now: int, initial_lookback_seconds: int, overlap_s
         org=org,
         name=LIVE,
         first_cursor=lambda state: first_live_cursor(state, now, initial_lookback_seconds),
-        end_limit=now - SETTLE_DELAY_SECONDS,
-        max_window_seconds=LIVE_MAX_WINDOW_SECONDS,
-        overlap_seconds=overlap_seconds,
+        plan=WindowPlan(
+            end_limit=now - SETTLE_DELAY_SECONDS,
+            max_span=LIVE_MAX_WINDOW_SECONDS,
+            overlap=overlap_seconds,
+            recent=min(RECENT_REREAD_SECONDS, overlap_seconds),
+            settled_before=now - overlap_seconds,
+        ),
     )
 
 
@@ -127,9 +133,13 @@ def lane_collection(org: str, start: int, until: int, now: int) -> Collection:
         org=org,
         name=lane_name(start, until),
         first_cursor=lambda state: Cursor.starting_at(start, until),
-        end_limit=min(until, now - SETTLE_DELAY_SECONDS),
-        max_window_seconds=BACKFILL_MAX_WINDOW_SECONDS,
-        overlap_seconds=0,
+        plan=WindowPlan(
+            end_limit=min(until, now - SETTLE_DELAY_SECONDS),
+            max_span=BACKFILL_MAX_WINDOW_SECONDS,
+            overlap=0,
+            recent=0,
+            settled_before=now,
+        ),
     )
 
 
@@ -209,7 +219,7 @@ class Collector:
             else:
                 cursor, etag = stored.cursor, stored.etag
             # Segments without a cursor hold rows a failed first run delivered: they are not sent again.
-            cursor.restore(self.state.load_segments(collection.org, collection.name), collection.overlap_seconds)
+            cursor.restore(self.state.load_segments(collection.org, collection.name), collection.plan)
             etag = self._advance(collection, cursor, etag, report, deadline, keeper)
             if cursor.finished:
                 self._fold(collection, etag)
@@ -257,9 +267,7 @@ class Collector:
             self.source,
             collection.org,
             cursor.navigator(),
-            collection.end_limit,
-            collection.overlap_seconds,
-            collection.max_window_seconds,
+            collection.plan,
             deadline,
             self.monotonic,
         ).start()
@@ -280,7 +288,7 @@ class Collector:
                     cursor.restart_window()
                     continue
                 if cursor.window is None:
-                    cursor.open_window(collection.end_limit, collection.overlap_seconds, collection.max_window_seconds)
+                    cursor.open_window(collection.plan)
                 if item.loops:
                     # The token chain can't be trusted: the next run reads the window from its first
                     # page again, and the ledger drops what was already sent.
@@ -292,8 +300,8 @@ class Collector:
                     )
                 report.pages += 1
                 report.fetched += len(item.page.events)
-                rows, marks, invalid = self._rows_of_page(collection.org, cursor, item.page, report)
-                cursor.finish_page(item.page.next_token, collection.overlap_seconds)
+                rows, marks, invalid = self._rows_of_page(collection, cursor, item.page, report)
+                cursor.finish_page(item.page.next_token, collection.plan)
                 uploader.add(rows, marks, self._record(collection, cursor, invalid, len(rows), report.pages))
         finally:
             reader.stop()
@@ -305,7 +313,7 @@ class Collector:
     ) -> PageRecord:
         """What to save once the page's rows are accepted: the cursor and what the page changed."""
         segment = cursor.take_segment()
-        stale = cursor.stale_segments(collection.overlap_seconds)  # may name the page's own segment
+        stale = cursor.stale_segments(collection.plan)  # may name the page's own segment
         return PageRecord(cursor.snapshot(), segment, tuple(stale), tuple(invalid), rows, page_number)
 
     def _fold(self, collection: Collection, etag: str | None) -> None:
@@ -323,10 +331,12 @@ class Collector:
         raise StateConflict(f"could not fold {collection.name} of org {collection.org!r} into its coverage")
 
     def _rows_of_page(
-        self, org: str, cursor: Cursor, page: AuditPage, report: CollectionReport
+        self, collection: Collection, cursor: Cursor, page: AuditPage, report: CollectionReport
     ) -> tuple[list[EncodedRow], list[SegmentEntry], list[RefusedRow]]:
         """The page's new rows, serialised; what each adds to the ledger; the events that can't be rows."""
+        org = collection.org
         window = cursor.window
+        read_at = collection.plan.settled_before + collection.plan.overlap
         rows: list[EncodedRow] = []
         marks: list[SegmentEntry] = []
         invalid: list[RefusedRow] = []
@@ -342,6 +352,9 @@ class Collector:
             if occurrence is None:
                 report.duplicates += 1
                 continue
+            if window.reread or normalized.timestamp < cursor.watermark:
+                report.late_events += 1
+                report.oldest_late_seconds = max(report.oldest_late_seconds, read_at - normalized.timestamp)
             row = normalized.row(occurrence)
             if normalized.truncated_columns:
                 report.truncated_rows += 1

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.cursor import Cursor, LedgerSegment, SegmentEntry, Window
+from shared.cursor import Cursor, LedgerSegment, SegmentEntry, Window, WindowPlan
 from shared.ingestion_sink import MAX_BODY_BYTES
 from shared.ports import (
     AuditPage,
@@ -104,9 +104,7 @@ class PageReader:
     source: AuditSource
     org: str
     navigator: Cursor  # a copy of the cursor that walks the windows and tokens ahead of it
-    end_limit: int
-    overlap_seconds: int
-    max_window_seconds: int
+    plan: WindowPlan
     deadline: float | None
     monotonic: Callable[[], float]
     _handover: _Handover = field(default_factory=lambda: _Handover(PAGES_AHEAD))
@@ -139,13 +137,14 @@ class PageReader:
                 self._handover.put(ReadingEnded(stopped=True), lambda: False)
                 return
             if navigator.window is None:
-                if not navigator.open_window(self.end_limit, self.overlap_seconds, self.max_window_seconds):
+                if not navigator.open_window(self.plan):
                     self._handover.put(ReadingEnded(stopped=False), lambda: False)
                     return
                 restarted = False
             window = navigator.window
             try:
-                page = self.source.fetch_page(self.org, window.start, window.end, navigator.continuation_token)
+                # The API's bounds are both inclusive, the window's end is not.
+                page = self.source.fetch_page(self.org, window.start, window.end - 1, navigator.continuation_token)
             except ContinuationTokenRejected:
                 if restarted:
                     raise
@@ -158,7 +157,7 @@ class PageReader:
                 return
             if not self._handover.put(FetchedPage(window, page), lambda: False):
                 return
-            navigator.follow(page.next_token)
+            navigator.follow(page.next_token, self.plan)
 
 
 # -- filling requests and saving -------------------------------------------------------------------

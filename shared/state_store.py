@@ -79,6 +79,8 @@ def cursor_entity(cursor: Cursor) -> Entity:
         "Until": cursor.until,
         "WindowStart": cursor.window.start if cursor.window else None,
         "WindowEnd": cursor.window.end if cursor.window else None,
+        "WindowReread": cursor.window.reread if cursor.window else None,
+        "RereadMark": cursor.reread_mark,
         "ContinuationToken": cursor.continuation_token,
         "Pass": cursor.pass_number,
         "NextSegment": cursor.next_segment,
@@ -90,7 +92,7 @@ def cursor_from_entity(org: str, entity: Entity) -> Cursor:
     try:
         window = None
         if entity.get("WindowStart") is not None:
-            window = Window(int(entity["WindowStart"]), int(entity["WindowEnd"]))
+            window = Window(int(entity["WindowStart"]), int(entity["WindowEnd"]), bool(entity.get("WindowReread")))
         return Cursor(
             watermark=int(entity["Watermark"]),
             origin=int(entity["Origin"]),
@@ -99,6 +101,7 @@ def cursor_from_entity(org: str, entity: Entity) -> Cursor:
             continuation_token=entity.get("ContinuationToken") or None,
             pass_number=int(entity["Pass"]),
             next_segment=int(entity["NextSegment"]),
+            reread_mark=int(entity["RereadMark"]),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise StateUnavailable(

@@ -391,7 +391,7 @@ class World:
                 except InvalidEvent:
                     self._invalid_seen.add(invalid_event_id(org, event))
                     continue
-                if start <= normalized.timestamp < end:
+                if start <= normalized.timestamp <= end:  # the API's bounds are both inclusive
                     passes[-1][normalized.identity] += 1
 
     def _accepted(self) -> set[str]:

@@ -244,7 +244,7 @@ def late_event_inside_a_polled_window(w: World) -> None:
 
 def identical_twin_appears_late(w: World) -> None:
     """A second, identical event that shows up late lands as occurrence 2 of the same content."""
-    twin = w.event(w.now - 400)
+    twin = w.event(w.now - 150)
     w.add([twin])
     assert w.run().status == "ok"
     w.add([dict(twin)])
@@ -256,7 +256,7 @@ def same_second_burst_across_pages(w: World) -> None:
     """Ten events in the same second, served three a page, all land; the next poll re-reads them
     in its overlap and sends none again."""
     w.seed(5, page_size=3)
-    second = w.now - 400
+    second = w.now - 150
     w.add([w.event(second) for _ in range(10)])
     assert w.run().status == "ok"
     again = w.run()

@@ -160,7 +160,7 @@ def test_a_rotated_secret_is_used_by_a_new_workers_next_run_and_nothing_is_lost(
     clock = Clock()
     clock.now = CACHE_SECONDS + 1
     for index, org in enumerate(deployment.orgs):
-        events[org] += seed(deployment, org, 10, 10 + index, at=clock.now, span=300)
+        events[org] += seed(deployment, org, 10, 10 + index, at=clock.now, span=120)
     before = deployment.pulumi_api.request_count
     reports = new_worker(deployment, clock).run_once()
 
@@ -188,21 +188,21 @@ def test_a_long_lived_worker_uses_a_new_secret_version_once_its_cached_token_is_
     deployment.pulumi_api.org_tokens["acme"] = {old, new}  # Pulumi keeps the old token until it is deleted
     sent_before, read_before = deployment.pulumi_api.request_count, key_vault.request_count
     clock.now = CACHE_SECONDS - 60
-    events["acme"] += seed(deployment, "acme", 5, 20, at=clock.now, span=300)
+    events["acme"] += seed(deployment, "acme", 5, 20, at=clock.now, span=120)
     assert statuses(connector.run_once()) == {"acme": "ok", "globex": "ok"}
     assert tokens_sent(deployment, "acme", sent_before) == {old}
     assert key_vault.request_count == read_before
 
     sent_before = deployment.pulumi_api.request_count
     clock.now = CACHE_SECONDS
-    events["acme"] += seed(deployment, "acme", 5, 21, at=clock.now, span=300)
+    events["acme"] += seed(deployment, "acme", 5, 21, at=clock.now, span=120)
     assert statuses(connector.run_once()) == {"acme": "ok", "globex": "ok"}
     assert tokens_sent(deployment, "acme", sent_before) == {new}
     assert secrets_read(key_vault, read_before) == [("pulumi-token-acme", 200), ("pulumi-token-globex", 200)]
 
     deployment.pulumi_api.org_tokens["acme"] = {new}  # the old token deleted in Pulumi
     clock.now = CACHE_SECONDS + 60
-    events["acme"] += seed(deployment, "acme", 5, 22, at=clock.now, span=300)
+    events["acme"] += seed(deployment, "acme", 5, 22, at=clock.now, span=120)
     assert statuses(connector.run_once()) == {"acme": "ok", "globex": "ok"}
     landed = deployment.landed()
     assert set(landed) == expected_ids("acme", events["acme"]) | expected_ids("globex", events["globex"])
@@ -222,7 +222,7 @@ def test_a_token_pulumi_refuses_is_read_again_on_the_next_run_without_waiting_fo
 
     rotated = own_token(deployment, key_vault, "acme")  # rotated and the old token revoked at once
     clock.now = 60  # a minute later, the cached token is still fresh
-    events["acme"] += seed(deployment, "acme", 5, 20, at=clock.now, span=300)
+    events["acme"] += seed(deployment, "acme", 5, 20, at=clock.now, span=120)
     refused = connector.run_once()
     assert statuses(refused) == {"acme": "failed", "globex": "ok"}
     assert "rejected the access token for org 'acme' (401): check Key Vault secret 'pulumi-token-acme'" in (

@@ -98,7 +98,7 @@ def test_events_before_the_lookback_or_inside_the_settle_delay_wait(world):
 
 
 def test_a_second_run_resends_nothing_from_the_re_read_overlap(world):
-    world.source.add("acme", *[event(NOW - 400 + index, description=f"e{index}") for index in range(10)])
+    world.source.add("acme", *[event(NOW - 200 + index, description=f"e{index}") for index in range(10)])
     world.run()
     world.clock.now += 120
     [report] = world.run()
@@ -384,3 +384,59 @@ def test_a_run_releases_its_lease_when_it_ends(world):
     world.source.add("acme", event(NOW - 300))
     world.run()
     assert world.state.load_org("acme").leases == {}
+
+
+def poll_every_minute(world, minutes: int, arrivals) -> list:
+    """Runs the timer once a minute for `minutes`; before each run, `arrivals(now)` adds the events
+    that showed up in the API since the last one."""
+    reports = []
+    for _ in range(minutes):
+        world.clock.now += 60
+        world.source.add("acme", *arrivals(int(world.clock.now)))
+        reports += world.run()
+    return reports
+
+
+def test_an_event_that_shows_up_five_minutes_late_is_delivered_by_the_next_run(world):
+    world.source.add("acme", event(NOW - 100, description="on time"))
+    world.run()
+    late_at = {NOW + 5 * 60}
+
+    def arrivals(now):
+        return [event(now - 300, description="late by 5 minutes")] if now in late_at else []
+
+    reports = poll_every_minute(world, 5, arrivals)
+    assert sent_descriptions(world.sink)["late by 5 minutes"] == 1
+    assert reports[4].sent == 1 and reports[4].late_events == 1 and reports[4].oldest_late_seconds >= 300
+
+
+def test_an_event_that_shows_up_as_late_as_the_overlap_is_delivered_once_its_band_is_re_read(world):
+    world.source.add("acme", event(NOW - 100, description="on time"))
+    world.run()
+    shows_up = NOW + 10 * 60
+
+    def arrivals(now):
+        return [event(shows_up - OVERLAP, description="late by the whole overlap")] if now == shows_up else []
+
+    poll_every_minute(world, 30, arrivals)
+    counts = sent_descriptions(world.sink)
+    assert counts["late by the whole overlap"] == 1 and counts["on time"] == 1
+    # delivered by the run that re-read its band, at most overlap + band + one run after its time
+    delivered_by = [call for call in world.source.calls if call[1] <= shows_up - OVERLAP < call[2]]
+    assert delivered_by and max(call[1] for call in delivered_by) <= shows_up - OVERLAP
+
+
+def test_steady_polling_reads_each_new_event_at_most_six_times(world):
+    world.source.page_size = 50
+    world.run()
+    per_minute = 300  # 5 events/s
+
+    def arrivals(now):
+        start = now - 120  # the minute that just settled
+        return [event(start + index * 60 // per_minute, description=f"{now}-{index}") for index in range(per_minute)]
+
+    reports = poll_every_minute(world, 40, arrivals)
+    steady = reports[20:]
+    read = sum(report.fetched for report in steady)
+    new = sum(report.sent for report in steady)
+    assert new == 20 * per_minute and read / new <= 6.0
