@@ -246,6 +246,7 @@ def _backfill(connector, args: argparse.Namespace) -> int:
             print(f"  nothing to send for {org}", file=sys.stderr)
             continue
         reports += _run_lanes(collector, lanes)
+    connector.report_health(reports)
     return _finish(reports)
 
 

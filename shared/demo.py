@@ -1,11 +1,12 @@
 """`python -m shared demo`: the whole data path on this machine, no Azure or Pulumi account.
 
 A simulator of the Pulumi audit API (several orgs, mixed Cloud and ESC events, paging,
-one transient 503) and a Logs Ingestion stand-in (which enforces the 1 MB limit and
-the stream schema, and answers one 429) run on 127.0.0.1. The real Pulumi client and
-the real LogsIngestionClient talk to them. The delivery state goes to Table Storage when
-CHECKPOINT_CONNECTION_STRING or CHECKPOINT_TABLE_ENDPOINT is set, else it stays in memory.
-With --vault, each org's token comes from a local Key Vault stand-in (shared/demo_vault.py).
+one transient 503) and a Logs Ingestion stand-in (which enforces the 1 MB limit and the
+schema of both streams, events and health rows, and answers one 429) run on 127.0.0.1.
+The real Pulumi client and the real LogsIngestionClient talk to them. The delivery state
+goes to Table Storage when CHECKPOINT_CONNECTION_STRING or CHECKPOINT_TABLE_ENDPOINT is
+set, else it stays in memory. With --vault, each org's token comes from a local Key Vault
+stand-in (shared/demo_vault.py). The health rows of both runs are shown at the end.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from shared.dead_letter import FileDeadLetterStore
 from shared.demo_vault import DemoVault
 from shared.pipeline import Collector, run_cycle
 from shared.pulumi_source import PulumiAuditSource
+from shared.schema import AUDIT_TABLE, HEALTH_TABLE
 from shared.settings import load_settings
 from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
 from shared.state_store import memory_state_store
 from shared.token_source import EnvironmentToken
-from shared.wiring import ingestion_sink, run_holder, table_stores
+from shared.wiring import HealthReporter, ingestion_sinks, run_holder, run_host, table_stores
 
 DEMO_ORGS = ("acme", "acme-labs", "globex")
 DEMO_TOKEN = "pul-demo-token"
@@ -49,7 +51,9 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
     now = int(time.time())
     with (
         PulumiAuditApiStandIn(DEMO_TOKEN, page_size=50, seed=1) as pulumi_api,
-        LogsIngestionStandIn(DEMO_DCR, "Custom-PulumiAuditLogs") as ingestion,
+        LogsIngestionStandIn(
+            DEMO_DCR, AUDIT_TABLE.stream, AUDIT_TABLE.columns, streams={HEALTH_TABLE.stream: HEALTH_TABLE.columns}
+        ) as ingestion,
         ExitStack() as stack,
     ):
         backlog = {
@@ -75,9 +79,11 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
         settings = load_settings(environ, parts=frozenset({"source", "sink"}))
         demo_vault = stack.enter_context(DemoVault(pulumi_api, DEMO_ORGS, _DemoCredential())) if vault else None
         tokens = demo_vault.tokens if demo_vault else EnvironmentToken(settings.source.pulumi_token)
+        events_sink, health_sink = ingestion_sinks(settings.sink, _DemoCredential())
+        health = HealthReporter(health_sink, run_host(environ))
         collector = Collector(
             source=PulumiAuditSource(settings.source.pulumi_api_url, tokens),
-            sink=ingestion_sink(settings.sink, _DemoCredential()),
+            sink=events_sink,
             catalog=default_catalog(),
             holder=run_holder(),
             **_stores(environ, Path(state_dir)),
@@ -93,6 +99,7 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
             print()
         print(f"run 1: the last day, {EVENTS_PER_ORG} events per org")
         first = run_cycle(collector, DEMO_ORGS, LOOKBACK_SECONDS, overlap, budget_seconds=300)
+        health.report(first, int(collector.wall_clock()))
         for report in first:
             print("  " + report.summary())
         print("  (duplicates_skipped: events re-read in the overlap between windows, dropped by EventId_s)")
@@ -109,6 +116,7 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
         print("\nrun 2, one timer tick later: 10 events per org appeared late, inside the window run 1 read")
         next_tick = replace(collector, wall_clock=lambda: time.time() + 60)
         second = run_cycle(next_tick, DEMO_ORGS, LOOKBACK_SECONDS, overlap, budget_seconds=300)
+        health.report(second, int(next_tick.wall_clock()))
         for report in second:
             print("  " + report.summary())
 
@@ -122,8 +130,25 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
         for row in rows[:3]:
             shown = {**row, "RawEvent_s": row["RawEvent_s"][:60] + "..."}
             print("  " + json.dumps(shown, ensure_ascii=False))
+        _print_health(ingestion.rows_of(HEALTH_TABLE.stream))
         failed = [report for report in first + second if report.failed]
         return 0 if not failed and len(rows) == expected and len(ids) == expected else 1
+
+
+def _print_health(rows: list[dict]) -> None:
+    """The health rows the stand-in received, as the Connector health tab of the workbook lists them."""
+    print(f"\n{len(rows)} health rows in {HEALTH_TABLE.name}, one per org per run:")
+    print(
+        f"  {'run':<8}  {'org':<10} {'kind':<5} {'status':<7} {'fetched':>7} {'sent':>5} {'repeats':>7} "
+        f"{'dead':>4} {'lag s':>5}  host"
+    )
+    for row in rows:
+        lag = "-" if row["LagSeconds_d"] is None else row["LagSeconds_d"]
+        print(
+            f"  {row['RunId_s'][:8]:<8}  {row['OrgName_s']:<10} {row['RunKind_s']:<5} {row['Status_s']:<7} "
+            f"{row['EventsFetched_d']:>7} {row['EventsSent_d']:>5} {row['DuplicatesSkipped_d']:>7} "
+            f"{row['DeadLettered_d']:>4} {lag:>5}  {row['Host_s']}"
+        )
 
 
 def _stores(environ: dict[str, str], state_dir: Path) -> dict:

@@ -76,11 +76,13 @@ class LogsIngestionSink:
         stream_name: str,
         *,
         enforce_https: bool = True,
+        stream_setting: str = "DCR_STREAM_NAME",
     ):
         self._client = client
         self._rule_id = rule_id
         self._stream_name = stream_name
         self._enforce_https = enforce_https
+        self._stream_setting = stream_setting  # the setting that names the stream, for errors
 
     def __repr__(self) -> str:
         return f"LogsIngestionSink(rule_id={self._rule_id!r}, stream={self._stream_name!r})"
@@ -135,7 +137,7 @@ class LogsIngestionSink:
             except ResourceNotFoundError as error:
                 raise SinkUnavailable(
                     f"Logs Ingestion has no such DCR or stream ({_describe(error)}): check LOGS_INGESTION_ENDPOINT, "
-                    "DCR_IMMUTABLE_ID and DCR_STREAM_NAME"
+                    f"DCR_IMMUTABLE_ID and {self._stream_setting}"
                 ) from None
             except HttpResponseError as error:
                 if error.status_code in (400, 413):

@@ -1,4 +1,4 @@
-"""Composition root: settings in, a ready `Collector` out.
+"""Composition root: settings in, a ready `Connector` out (its collector and its health reporter).
 
 The timer function and the CLI both come through here, so they run exactly the
 same code with exactly the same adapters.
@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
@@ -20,19 +20,23 @@ from azure.data.tables import TableClient
 from azure.keyvault.secrets import SecretClient
 from azure.monitor.ingestion import LogsIngestionClient
 
+from shared import __version__
 from shared.catalog import default_catalog
 from shared.dead_letter import TableDeadLetterStore
+from shared.health import health_rows, one_line
 from shared.identity import ExplainedCredential
 from shared.ingestion_sink import LogsIngestionSink, default_retry_policy
 from shared.logs import quiet_library_logs
 from shared.pipeline import CollectionReport, Collector, run_cycle
-from shared.ports import TokenSource
+from shared.ports import RowSink, SinkUnavailable, TokenSource
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Settings, SinkSettings, load_settings
 from shared.state_store import TableStateStore, table_state_store
 from shared.token_source import EnvironmentToken, KeyVaultTokens
+from shared.transform import encode_row
 
 log = logging.getLogger("shared.run")
+health_log = logging.getLogger("shared.health")
 
 INGESTION_CONNECT_TIMEOUT_SECONDS = 10
 INGESTION_READ_TIMEOUT_SECONDS = 30
@@ -51,7 +55,9 @@ def azure_credential(settings: Settings) -> TokenCredential:
     return ExplainedCredential(settings.managed_identity_client_id)
 
 
-def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsIngestionSink:
+def ingestion_sinks(sink: SinkSettings, credential: TokenCredential) -> tuple[LogsIngestionSink, LogsIngestionSink]:
+    """The sinks of the DCR's audit stream and of its health stream, sharing one client: one
+    connection pool, one token."""
     client = LogsIngestionClient(
         endpoint=sink.logs_ingestion_endpoint,
         credential=credential,
@@ -59,17 +65,66 @@ def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsInges
         connection_timeout=INGESTION_CONNECT_TIMEOUT_SECONDS,
         read_timeout=INGESTION_READ_TIMEOUT_SECONDS,
     )
-    return LogsIngestionSink(
-        client,
-        sink.dcr_immutable_id,
-        sink.dcr_stream_name,
-        enforce_https=urlsplit(sink.logs_ingestion_endpoint).scheme == "https",
+    enforce_https = urlsplit(sink.logs_ingestion_endpoint).scheme == "https"
+    return (
+        LogsIngestionSink(client, sink.dcr_immutable_id, sink.dcr_stream_name, enforce_https=enforce_https),
+        LogsIngestionSink(
+            client,
+            sink.dcr_immutable_id,
+            sink.dcr_health_stream_name,
+            enforce_https=enforce_https,
+            stream_setting="DCR_HEALTH_STREAM_NAME",
+        ),
     )
+
+
+def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsIngestionSink:
+    """The audit stream's sink alone."""
+    return ingestion_sinks(sink, credential)[0]
 
 
 def run_holder() -> str:
     """Who holds a lease: this host and process, and a nonce so two runs of one process differ."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_host(environ: Mapping[str, str]) -> str:
+    """The host named in health rows: the Function App instance, else this machine."""
+    return environ.get("WEBSITE_INSTANCE_ID") or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class HealthReporter:
+    """Sends a run's health rows once its collections are done. Health never costs an event nor
+    changes a run's outcome: a failure to send is one warning line, and the run carries on."""
+
+    sink: RowSink
+    host: str
+
+    def report(self, reports: Sequence[CollectionReport], ended_at: int) -> None:
+        if not reports:
+            return
+        run_id = uuid.uuid4().hex
+        rows = health_rows(reports, run_id=run_id, ended_at=ended_at, version=__version__, host=self.host)
+        try:
+            refused = self.sink.send([encode_row(row) for row in rows])
+        except Exception as error:  # whatever went wrong, the run's events are already delivered
+            reason = str(error) if isinstance(error, SinkUnavailable) else f"unexpected {type(error).__name__}"
+            # An org's summary line already tells how Logs Ingestion failed; say it once.
+            same = [report.org for report in reports if report.error == reason]
+            reason = f"the same failure as org {same[0]!r}" if same else one_line(reason, 500)
+            health_log.warning("health rows of run %s not sent, the run carries on: %s", run_id, reason)
+            return
+        if refused:
+            health_log.warning(
+                "health rows of run %s: Logs Ingestion refused %d of %d, the run carries on: %s",
+                run_id,
+                len(refused),
+                len(rows),
+                one_line(refused[0].reason, 500),
+            )
+
+
 def token_vault_client(settings: Settings, credential: TokenCredential | None = None) -> SecretClient:
     """The PULUMI_TOKEN_VAULT_URL vault, reached with the app's credential."""
     return SecretClient(
@@ -108,40 +163,49 @@ def table_stores(
     )
 
 
-def collector_from_settings(settings: Settings, credential: TokenCredential | None = None) -> Collector:
+def connector_from_settings(settings: Settings, host: str, credential: TokenCredential | None = None) -> Connector:
     credential = credential or azure_credential(settings)
     source = settings.source
     state, dead_letters = table_stores(settings, credential)
-    return Collector(
+    events_sink, health_sink = ingestion_sinks(settings.sink, credential)
+    collector = Collector(
         source=PulumiAuditSource(source.pulumi_api_url, pulumi_tokens(settings, credential)),
-        sink=ingestion_sink(settings.sink, credential),
+        sink=events_sink,
         state=state,
         dead_letters=dead_letters,
         catalog=default_catalog(),
         holder=run_holder(),
     )
+    return Connector(settings=settings, collector=collector, health=HealthReporter(health_sink, host))
 
 
 @dataclass(frozen=True)
 class Connector:
     settings: Settings
     collector: Collector
+    health: HealthReporter
 
     def run_once(self) -> list[CollectionReport]:
+        """One poll of every org, then its health rows."""
         source = self.settings.source
-        return run_cycle(
+        reports = run_cycle(
             self.collector,
             source.orgs,
             int(source.initial_lookback.total_seconds()),
             int(source.late_event_overlap.total_seconds()),
             source.run_time_budget.total_seconds(),
         )
+        self.report_health(reports)
+        return reports
+
+    def report_health(self, reports: Sequence[CollectionReport]) -> None:
+        self.health.report(reports, int(self.collector.wall_clock()))
 
 
 def connector_from_environment(environ: Mapping[str, str] | None = None) -> Connector:
     quiet_library_logs()
-    settings = load_settings(os.environ if environ is None else environ)
-    return Connector(settings=settings, collector=collector_from_settings(settings))
+    environ = os.environ if environ is None else environ
+    return connector_from_settings(load_settings(environ), run_host(environ))
 
 
 @cache

@@ -9,7 +9,9 @@ import time
 import pytest
 from azure.functions.timer import TimerRequest
 
+from shared import __version__
 from shared.ports import SinkUnavailable
+from shared.schema import HEALTH_TABLE
 from shared.standins import simulate_events
 from shared.transform import encode_row
 from tests.harness import MANAGED_IDENTITY_CLIENT_ID, PULUMI_TOKEN, expected_ids
@@ -77,6 +79,44 @@ def test_the_timer_function_fails_the_invocation_when_an_org_fails(timer_functio
             timer_function.get_user_function()(TimerRequest())
     finally:
         process_connector.cache_clear()
+
+
+def run_timer(timer_function, environ: dict[str, str], monkeypatch) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    from shared.wiring import process_connector
+
+    process_connector.cache_clear()
+    try:
+        timer_function.get_user_function()(TimerRequest())
+    finally:
+        process_connector.cache_clear()
+
+
+def test_the_timer_function_sends_one_health_row_per_org_naming_the_instance(timer_function, deployment, monkeypatch):
+    deployment.orgs = ("acme", "globex")
+    seed(deployment, "acme", 20)
+    seed(deployment, "globex", 30, 2)
+    run_timer(timer_function, {**deployment.environ, "WEBSITE_INSTANCE_ID": "a1b2c3d4e5f6"}, monkeypatch)
+    rows = deployment.ingestion.rows_of(HEALTH_TABLE.stream)
+    assert [(row["OrgName_s"], row["RunKind_s"], row["Status_s"], row["EventsSent_d"]) for row in rows] == [
+        ("acme", "live", "ok", 20),
+        ("globex", "live", "ok", 30),
+    ]
+    assert {(row["RunId_s"], row["Host_s"], row["ConnectorVersion_s"]) for row in rows} == {
+        (rows[0]["RunId_s"], "a1b2c3d4e5f6", __version__)
+    }
+
+
+def test_a_failed_timer_invocation_has_sent_its_health_rows_first(timer_function, deployment, monkeypatch):
+    seed(deployment, "acme", 5)
+    from shared.wiring import CycleFailed
+
+    with pytest.raises(CycleFailed):
+        run_timer(timer_function, {**deployment.environ, "PULUMI_ORGS": "acme,missing-org"}, monkeypatch)
+    acme, missing = deployment.ingestion.rows_of(HEALTH_TABLE.stream)
+    assert (acme["Status_s"], acme["EventsSent_d"], acme["Error_s"]) == ("ok", 5, "")
+    assert missing["Status_s"] == "failed" and "'missing-org'" in missing["Error_s"] and "404" in missing["Error_s"]
 
 
 def test_a_run_uses_the_user_assigned_managed_identity_for_logs_ingestion(deployment):

@@ -19,7 +19,7 @@ import shared.wiring
 from shared.dead_letter import TableDeadLetterStore
 from shared.pipeline import CollectionReport
 from shared.pulumi_source import MAX_RETRY_AFTER_SECONDS, PulumiAuditSource
-from shared.schema import MAX_FIELD_BYTES
+from shared.schema import AUDIT_TABLE, MAX_FIELD_BYTES
 from shared.settings import Secret
 from shared.standins import Fault, LogsIngestionStandIn, event_catalog
 from shared.state_store import table_state_store
@@ -526,10 +526,11 @@ def ingestion_403_while_the_role_propagates(w: World) -> None:
     """A 403 right after deploy is retried for a bounded time (8 x 15 s) and then fails naming the
     role to grant; once the role is effective the next run sends everything."""
     w.seed()
-    w.ingestion.faults.add(Fault.respond(403, times=None))
+    w.ingestion.faults.add(Fault.respond(403, times=None, match=lambda request: AUDIT_TABLE.stream in request.path))
     report = w.run()
     assert report.status == "failed" and "Monitoring Metrics Publisher" in report.error and "403" in report.error
-    assert w.sleeps.count(15) == 8 and w.ingestion.request_count == 9
+    # Nine refusals of the events; then the run's health row lands on its own stream.
+    assert w.sleeps.count(15) == 8 and [request.status for request in w.ingestion.requests] == [403] * 9 + [204]
     w.ingestion.faults.clear()
     assert w.run().status == "ok"
 
@@ -648,7 +649,7 @@ def checkpoint_storage_unreachable(w: World) -> None:
     w.seed()
     report = w.run(w.connector(CHECKPOINT_CONNECTION_STRING=unreachable_tables(w)))
     assert report.status == "failed" and "cannot read the state of org 'acme'" in report.error
-    assert w.ingestion.request_count == 0
+    assert [request for request in w.ingestion.requests if AUDIT_TABLE.stream in request.path] == []
     assert w.run().status == "ok"
 
 
@@ -687,7 +688,7 @@ def state_in_an_unknown_format_version(w: World) -> None:
     table.create_entity({"PartitionKey": ORG, "RowKey": "cursor~live", "FormatVersion": 99, "Watermark": 1})
     report = w.run()
     assert report.status == "failed" and "format version 99" in report.error and "CHECKPOINT_TABLE_NAME" in report.error
-    assert w.ingestion.request_count == 0
+    assert [request for request in w.ingestion.requests if AUDIT_TABLE.stream in request.path] == []
     table.delete_entity(ORG, "cursor~live")
     assert w.run().status == "ok"
 

@@ -12,11 +12,16 @@ from urllib.parse import urlsplit
 import pytest
 
 from shared.logs import quiet_library_logs
+from shared.schema import AUDIT_TABLE
 from shared.standins import Fault, simulate_events
 from tests.harness import MANAGED_IDENTITY_CLIENT_ID
 from tests.invariants import World, row_id
 from tests.test_fault_matrix import closed_port_url
 
+# What the health reporter says when the health rows met the failure an org's line already tells.
+HEALTH_NOT_SENT = re.compile(
+    r"health rows of run [0-9a-f]{32} not sent, the run carries on: the same failure as org 'acme'"
+)
 NO_TOKEN = "no Azure identity gave a token for https://monitor.azure.com/.default: "
 ASSIGNED_IDENTITY = (
     f"check that the user-assigned identity MANAGED_IDENTITY_CLIENT_ID={MANAGED_IDENTITY_CLIENT_ID} "
@@ -135,7 +140,8 @@ def test_a_credential_failure_is_one_line_naming_the_managed_identity_setting(wo
     world.managed_identity.faults.add(Fault.respond(400, times=None))
     report = world.run()
     assert report.error == "Logs Ingestion: " + NO_TOKEN + ASSIGNED_IDENTITY
-    assert lines_at(caplog, logging.WARNING) == []
+    [(logger, level, line)] = lines_at(caplog, logging.WARNING)
+    assert (logger, level) == ("shared.health", "WARNING") and HEALTH_NOT_SENT.fullmatch(line)
 
 
 def test_without_an_identity_setting_the_line_names_every_way_to_sign_in(world: World, caplog):
@@ -147,14 +153,15 @@ def test_without_an_identity_setting_the_line_names_every_way_to_sign_in(world: 
         "Logs Ingestion: " + NO_TOKEN + "set MANAGED_IDENTITY_CLIENT_ID (in Azure), or AZURE_TENANT_ID, "
         "AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (an app registration), or run `az login` (on a workstation)"
     )
-    [details] = library_records(caplog, "azure.identity._credentials.chained", "DefaultAzureCredential failed")
-    assert details.levelname == "DEBUG" and "ManagedIdentityCredential" in details.getMessage()
+    # Once for the events, once for the health rows.
+    events, health = library_records(caplog, "azure.identity._credentials.chained", "DefaultAzureCredential failed")
+    assert events.levelname == health.levelname == "DEBUG" and "ManagedIdentityCredential" in events.getMessage()
 
 
 def test_a_403_that_outlasts_the_retries_names_the_role(world: World, caplog):
     caplog.set_level(logging.WARNING)
     world.seed()
-    world.ingestion.faults.add(Fault.respond(403, times=None))
+    world.ingestion.faults.add(Fault.respond(403, times=None, match=lambda request: AUDIT_TABLE.stream in request.path))
     report = world.run()
     assert report.error == (
         "Logs Ingestion refused the identity (403) 9 times over 120 s: grant it 'Monitoring Metrics Publisher' "
@@ -177,7 +184,9 @@ def test_the_timer_logs_a_credential_failure_once(world: World, caplog, monkeypa
             run_timer_cycle()
     finally:
         process_connector.cache_clear()
-    [(logger, level, line)] = lines_at(caplog, logging.WARNING)
+    # The health rows are sent as the run ends, before the timer logs its summary.
+    [(health_logger, health_level, health_line), (logger, level, line)] = lines_at(caplog, logging.WARNING)
+    assert (health_logger, health_level) == ("shared.health", "WARNING") and HEALTH_NOT_SENT.fullmatch(health_line)
     assert (logger, level) == ("shared.run", "ERROR")
     assert re.fullmatch(
         r"org=acme status=failed fetched=25 sent=0 duplicates_skipped=0 dead_lettered=0 lag_seconds=\d+ "
@@ -192,7 +201,9 @@ def test_the_cli_prints_a_credential_failure_as_one_line(deployment):
     deployment.managed_identity.faults.add(Fault.respond(400, times=None))
     result = deployment.run_cli("run")
     assert result.returncode == 1
-    assert result.stderr == f"error: org 'acme': Logs Ingestion: {NO_TOKEN}{ASSIGNED_IDENTITY}\n"
+    health, error = result.stderr.splitlines()
+    assert HEALTH_NOT_SENT.fullmatch(health.removeprefix("WARNING shared.health "))
+    assert error == f"error: org 'acme': Logs Ingestion: {NO_TOKEN}{ASSIGNED_IDENTITY}"
 
 
 def test_quieting_twice_adds_one_filter_per_logger():

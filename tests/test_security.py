@@ -16,7 +16,7 @@ from shared import cli
 from shared.cursor import Cursor, LedgerSegment, SegmentEntry
 from shared.ports import SourceError
 from shared.pulumi_source import MAX_RESPONSE_BYTES, PulumiAuditSource
-from shared.schema import COLUMN_NAMES
+from shared.schema import COLUMN_NAMES, HEALTH_TABLE
 from shared.settings import Secret, SettingsError, load_settings
 from shared.standins import Fault, RecordedRequest, Response, StandInServer
 from shared.standins.server import json_response
@@ -59,6 +59,7 @@ def everything_written(world: World, records: list[logging.LogRecord]) -> dict[s
             map(entity_text, raw_entities(deployment.azurite_connection_string, deployment.table_name + "dead"))
         ),
         "rows sent to Sentinel": json.dumps(world.rows(), ensure_ascii=False),
+        "health rows sent to Sentinel": json.dumps(world.ingestion.rows_of(HEALTH_TABLE.stream), ensure_ascii=False),
     }
 
 
