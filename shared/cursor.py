@@ -38,10 +38,11 @@ MIN_NEW_SECONDS = 30
 # event that shows up up to RECENT_REREAD_SECONDS + 60 s after its time is read by the next
 # run: the window ends 60 s back, and the last run read up to a minute before that.
 RECENT_REREAD_SECONDS = 240
-# The older part of the overlap is re-read once, in bands this long. A band is read once its
-# newest event had LATE_EVENT_OVERLAP to show up, so an event that shows up at most that late
-# is delivered at most LATE_EVENT_OVERLAP + REREAD_BAND_SECONDS + one run after its time.
-REREAD_BAND_SECONDS = 300
+# The older part of the overlap is re-read once, in bands of at least this long: with the
+# one-minute timer, a band each run, read once its newest event had LATE_EVENT_OVERLAP to show
+# up. So an event that shows up at most that late is delivered at most LATE_EVENT_OVERLAP + 2
+# minutes after its time, and a run reads about 6 minutes of events per minute of new ones.
+REREAD_BAND_SECONDS = 60
 
 
 @dataclass
