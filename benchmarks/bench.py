@@ -49,13 +49,13 @@ from pathlib import Path
 from types import ModuleType
 
 from shared.catalog import default_catalog
-from shared.cursor import Cursor
+from shared.cursor import Cursor, WindowPlan
 from shared.dead_letter import FileDeadLetterStore
 from shared.ingestion_sink import batches, request_body
 from shared.pipeline import Collector, run_cycle
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Secret, load_settings
-from shared.standins import LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
+from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
 from shared.state_store import memory_state_store
 from shared.token_source import EnvironmentToken
 from shared.transform import encode_row, normalize
@@ -99,7 +99,7 @@ def floor_rows_per_second(rows: Sequence[dict]) -> float:
 
 def _open_cursor() -> Cursor:
     cursor = Cursor.starting_at(1_789_990_000)
-    cursor.open_window(1_790_100_000, 0, 2 * 86400)
+    cursor.open_window(WindowPlan(1_790_100_000, 2 * 86400, 0, 0, 1_790_100_000))
     return cursor
 
 
@@ -160,23 +160,30 @@ def spread(values: Sequence[float], digits: int = 2) -> str:
 # -- end to end ----------------------------------------------------------------------------------
 
 
-def _serve(backlog: int, page_size: int, now: int, connection) -> None:
-    """Child process: the stand-ins, holding the simulated backlog and the received rows."""
+def _serve(backlog: int, page_size: int, now: int, delays: tuple[float, float], connection) -> None:
+    """Child process: the stand-ins, holding the simulated backlog and the received rows. `delays`:
+    seconds each Pulumi page and each upload takes, on top of the work."""
     with (
         PulumiAuditApiStandIn(TOKEN, page_size=page_size) as api,
         LogsIngestionStandIn(DCR, "Custom-PulumiAuditLogs") as sink,
     ):
         api.add_events("acme", simulate_events("acme", now - 86400 + 60, now - 120, backlog, seed=3))
+        page_delay, upload_delay = delays
+        if page_delay:
+            api.faults.add(Fault.delay(page_delay, times=None))
+        if upload_delay:
+            sink.faults.add(Fault.delay(upload_delay, times=None))
         connection.send((api.url, sink.url))
         connection.recv()  # run finished
-        connection.send((len(sink.rows), len(sink.requests)))
+        sizes = [request.uncompressed_size for request in sink.requests if request.uncompressed_size]
+        connection.send((len(sink.rows), len(sink.requests), sizes))
 
 
-def end_to_end(backlog: int, page_size: int = 100) -> dict:
+def end_to_end(backlog: int, page_size: int = 100, page_delay: float = 0, upload_delay: float = 0) -> dict:
     now = int(time.time())
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.get_context("fork").Process(
-        target=_serve, args=(backlog, page_size, now, child), daemon=True
+        target=_serve, args=(backlog, page_size, now, (page_delay, upload_delay), child), daemon=True
     )
     server.start()
     api_url, ingestion_url = parent.recv()
@@ -202,7 +209,7 @@ def end_to_end(backlog: int, page_size: int = 100) -> dict:
         [report] = run_cycle(collector, ["acme"], 86400, 600, budget_seconds=3600)
         seconds = time.perf_counter() - started
     parent.send("done")
-    rows, requests = parent.recv()
+    rows, requests, sizes = parent.recv()
     server.join(5)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     floor_rows = [normalize("acme", event, default_catalog()).row(1) for event in bench_events(10_000)]
@@ -212,6 +219,7 @@ def end_to_end(backlog: int, page_size: int = 100) -> dict:
         "sent": report.sent,
         "rows_received": rows,
         "ingestion_requests": requests,
+        "mean_request_bytes": round(sum(sizes) / max(1, len(sizes))),
         "pages": report.pages,
         "seconds": round(seconds, 2),
         "events_per_second": round(report.sent / seconds),
@@ -221,9 +229,12 @@ def end_to_end(backlog: int, page_size: int = 100) -> dict:
     }
 
 
-def _end_to_end_in_a_fresh_process(backlog: int, page_size: int) -> dict:
+def end_to_end_in_a_fresh_process(backlog: int, page_size: int, page_delay: float = 0, upload_delay: float = 0) -> dict:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench", "--backlog", str(backlog), "--page-size", str(page_size)],
+        [
+            sys.executable, "-m", "benchmarks.bench", "--backlog", str(backlog), "--page-size", str(page_size),
+            "--page-delay", str(page_delay), "--upload-delay", str(upload_delay),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -261,7 +272,7 @@ def print_cpu_figures() -> None:
 
 def print_end_to_end_figures() -> None:
     for page_size in (100, 1000):
-        runs = [_end_to_end_in_a_fresh_process(END_TO_END_EVENTS, page_size) for _ in range(REPEATS)]
+        runs = [end_to_end_in_a_fresh_process(END_TO_END_EVENTS, page_size) for _ in range(REPEATS)]
         rates = [run["events_per_second"] for run in runs]
         ratios = [run["events_per_second"] / run["floor_rows_per_second"] for run in runs]
         print(
@@ -274,16 +285,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backlog", type=int, help="one end-to-end run with this many events (JSON out)")
     parser.add_argument("--page-size", type=int, default=100, help="events per Pulumi API page (default 100)")
+    parser.add_argument("--page-delay", type=float, default=0, help="seconds each Pulumi page takes (default 0)")
+    parser.add_argument("--upload-delay", type=float, default=0, help="seconds each upload takes (default 0)")
     args = parser.parse_args()
     if args.backlog:
-        print(json.dumps(end_to_end(args.backlog, args.page_size)))
+        print(json.dumps(end_to_end(args.backlog, args.page_size, args.page_delay, args.upload_delay)))
         return
     # The fresh processes first: a child's peak RSS starts at its parent's RSS when it is forked.
     print(f"end to end, one org, {END_TO_END_EVENTS} events, {REPEATS} runs each in a fresh process:")
     print_end_to_end_figures()
     print("memory, end to end, one day of backlog, pages of 100 (each in a fresh process):")
     for backlog in (2_000, 10_000, 40_000):
-        print("  " + json.dumps(_end_to_end_in_a_fresh_process(backlog, 100)))
+        print("  " + json.dumps(end_to_end_in_a_fresh_process(backlog, 100)))
     print(f"CPU, {CPU_EVENTS} simulated events, {REPEATS} repeats (min / median / max):")
     print_cpu_figures()
 
