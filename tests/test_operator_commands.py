@@ -106,6 +106,15 @@ def test_a_reset_forward_leaves_a_visible_gap_that_backfill_fills(deployment):
     assert show(deployment)["gaps"] == [] and show(deployment)["backfills"] == []
 
 
+def test_a_backfill_skips_an_org_whose_first_live_run_is_under_way(deployment):
+    seed(deployment, NOW - 3 * DAY, NOW - 2 * DAY, 10)
+    deployment.state().acquire_lease("acme", "live", "timer-host:42:abcd", int(time.time()), 120)
+    result = deployment.run_cli("backfill", "--since", "3d")
+    assert result.returncode == 0 and "status=skipped" in result.stdout, result.stdout + result.stderr
+    assert "creating the org's live cursor" in result.stdout and "timer-host:42:abcd" in result.stdout
+    assert deployment.ingestion.rows == [] and deployment.checkpoint() is None
+
+
 def test_an_org_not_in_pulumi_orgs_is_refused_by_every_operator_command(deployment):
     for command in (
         ["checkpoint", "show", "--org", "nosuch"],
