@@ -10,6 +10,7 @@ Each scenario's docstring is its specification. Figures: test-results/fault-matr
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import threading
@@ -18,10 +19,12 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from azure.data.tables import TableClient
 
+from shared.delivery import LIVE
 from shared.pipeline import LEASE_SECONDS
 from shared.standins import Fault, simulate_events
-from tests.harness import expected_ids, start_cli
+from tests.harness import expected_ids, start_cli, write_v1_live_checkpoint
 from tests.invariants import ORG, Scenario, World, play_and_check, row_id, wait_until
 
 DAY = 86400
@@ -251,6 +254,38 @@ def reset_forward_then_backfill(w: World) -> None:
     assert w.run().status == "ok"
 
 
+# == upgrade ======================================================================================
+
+
+def upgrade_from_a_v1_checkpoint_mid_window(w: World) -> None:
+    """The table holds the live checkpoint connector 1.0.0 left when it stopped mid-window (one entity
+    in partition "live", its whole ledger inside). The upgraded connector carries it over on its
+    first run and reads that window again from its start: the pages 1.0.0 sent are dropped by the
+    carried-over ledger, the rest is sent. Nothing is sent twice, nothing is lost."""
+    w.seed(30)
+    connector = w.connector()
+    clock = itertools.count(0, 200)
+    connector.collector.monotonic = lambda: next(clock)
+    assert w.run(connector).status == "stopped" and len(w.rows()) == 20
+    # What 1.0.0 would have stored at this point, in place of this version's entities.
+    stored = w.deployment.checkpoint()
+    ledger = [
+        (entry.timestamp, entry.key, entry.sent, entry.seen)
+        for segment in w.deployment.state().load_segments(ORG, LIVE)
+        for entry in segment.entries
+    ]
+    table = TableClient.from_connection_string(w.deployment.azurite_connection_string, w.deployment.table_name)
+    for entity in list(table.query_entities("PartitionKey eq @org", parameters={"org": ORG})):
+        table.delete_entity(ORG, entity["RowKey"])
+    window = (stored.window.start, stored.window.end)
+    write_v1_live_checkpoint(
+        table, ORG, stored.watermark, stored.origin, ledger, window=window, token=stored.continuation_token
+    )
+    resumed = w.run()
+    assert resumed.status == "ok" and resumed.sent == 10 and resumed.duplicates >= 20
+    assert w.deployment.checkpoint().window is None
+
+
 # == the matrix ====================================================================================
 
 
@@ -275,6 +310,7 @@ SCENARIOS: list[Scenario] = [
         duplicates_allowed="a reset back re-reads delivered time on purpose",
     ),
     Scenario("reset-forward-then-backfill", reset_forward_then_backfill),
+    Scenario("upgrade-from-a-v1-checkpoint-mid-window", upgrade_from_a_v1_checkpoint_mid_window),
 ]
 
 
