@@ -221,7 +221,7 @@ def end_to_end(backlog: int, page_size: int = 100) -> dict:
     }
 
 
-def _end_to_end_in_a_fresh_process(backlog: int, page_size: int) -> dict:
+def end_to_end_in_a_fresh_process(backlog: int, page_size: int) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench", "--backlog", str(backlog), "--page-size", str(page_size)],
         capture_output=True,
@@ -261,7 +261,7 @@ def print_cpu_figures() -> None:
 
 def print_end_to_end_figures() -> None:
     for page_size in (100, 1000):
-        runs = [_end_to_end_in_a_fresh_process(END_TO_END_EVENTS, page_size) for _ in range(REPEATS)]
+        runs = [end_to_end_in_a_fresh_process(END_TO_END_EVENTS, page_size) for _ in range(REPEATS)]
         rates = [run["events_per_second"] for run in runs]
         ratios = [run["events_per_second"] / run["floor_rows_per_second"] for run in runs]
         print(
@@ -283,7 +283,7 @@ def main() -> None:
     print_end_to_end_figures()
     print("memory, end to end, one day of backlog, pages of 100 (each in a fresh process):")
     for backlog in (2_000, 10_000, 40_000):
-        print("  " + json.dumps(_end_to_end_in_a_fresh_process(backlog, 100)))
+        print("  " + json.dumps(end_to_end_in_a_fresh_process(backlog, 100)))
     print(f"CPU, {CPU_EVENTS} simulated events, {REPEATS} repeats (min / median / max):")
     print_cpu_figures()
 
