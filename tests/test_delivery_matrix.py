@@ -88,7 +88,7 @@ def backfill_rerun_with_relative_times(w: World) -> None:
     assert w.run().status == "ok"
 
 
-def backfill_killed_then_resumed(hold: Callable[[World], Callable[[], bool]], landed_at_kill: int):
+def backfill_killed_then_resumed(hold: Callable[[World], Callable[[], bool]], landed_at_kill: int, duplicates: int):
     def play(w: World) -> None:
         history(w, 50, 3 * DAY - 600, 2 * DAY + 600)
         reached = hold(w)
@@ -110,6 +110,7 @@ def backfill_killed_then_resumed(hold: Callable[[World], Callable[[], bool]], la
         assert "continuationToken" in w.api.requests[fetched].query
         assert resumed.status == "ok" and resumed.fetched == 30 and resumed.sent == 30
         assert lanes(w) == {} and w.run().status == "ok"
+        assert w.accounting().same_id_duplicates == duplicates
 
     return play
 
@@ -124,14 +125,14 @@ def accept_the_third_upload_but_hold_the_answer(w: World) -> Callable[[], bool]:
     return lambda: len(w.ingestion.requests) >= 3 and w.ingestion.requests[2].handled
 
 
-backfill_killed_mid_window = backfill_killed_then_resumed(hold_the_third_page, landed_at_kill=20)
+backfill_killed_mid_window = backfill_killed_then_resumed(hold_the_third_page, landed_at_kill=20, duplicates=0)
 backfill_killed_mid_window.__doc__ = """A `backfill --since 3d` is killed (SIGKILL) while it fetches page 3,
 after pages 1 and 2 were saved. A rerun right away is skipped (the lane's lease, exit 0); the first
 rerun after the lease expired resumes at page 3 and fetches nothing of the finished part: 0 lost,
 0 duplicates."""
 
 backfill_killed_between_upload_and_save = backfill_killed_then_resumed(
-    accept_the_third_upload_but_hold_the_answer, landed_at_kill=30
+    accept_the_third_upload_but_hold_the_answer, landed_at_kill=30, duplicates=10
 )
 backfill_killed_between_upload_and_save.__doc__ = """A `backfill --since 3d` is killed after Logs Ingestion
 took page 3's rows and before the lane saved them. The rerun after the lease expired resumes at
