@@ -219,7 +219,11 @@ def _backfill(connector, args: argparse.Namespace) -> int:
     reports: list[CollectionReport] = []
     lookback = int(settings.source.initial_lookback.total_seconds())
     for org in _chosen_orgs(args, settings.source.orgs):
-        plan, lanes = plan_backfill_lanes(collector.state, org, since, until, now, lookback, args.resend)
+        try:
+            plan, lanes = plan_backfill_lanes(collector.state, org, since, until, now, lookback, args.resend)
+        except LeaseHeld as held:
+            reports.append(_live_cursor_being_created(org, held))
+            continue
         print(
             f"backfill {org}: [{iso_utc(plan.since)}, {iso_utc(plan.until)}) "
             f"{describe_seconds(plan.already_delivered_seconds)} of it already delivered",
@@ -248,6 +252,15 @@ def _backfill(connector, args: argparse.Namespace) -> int:
         reports += _run_lanes(collector, lanes)
     connector.report_health(reports)
     return _finish(reports)
+
+
+def _live_cursor_being_created(org: str, held: LeaseHeld) -> CollectionReport:
+    """Another run is creating the live cursor a backfill of `org` ends at: not a failure."""
+    return CollectionReport(
+        org=org,
+        status="skipped",
+        error=f"another run is creating the org's live cursor ({held}); run the backfill again once it is done",
+    )
 
 
 def _run_lanes(collector, lanes: list[Collection]) -> list[CollectionReport]:

@@ -53,6 +53,14 @@ class Coverage:
             missing.append((position, end))
         return Coverage(tuple(missing))
 
+    def without(self, start: int, end: int) -> Coverage:
+        """This coverage less [start, end)."""
+        return Coverage.of(
+            piece
+            for a, b in self.ranges
+            for piece in ((a, min(b, start)), (max(a, end), b))
+        )
+
     def seconds(self) -> int:
         return sum(end - start for start, end in self.ranges)
 

@@ -8,9 +8,9 @@ steady polling does not read every event eleven times:
 
 - every window starts `recent` seconds before W, so an event that shows up a few
   minutes late is delivered by the next run;
-- the rest of LATE_EVENT_OVERLAP is re-read once, in bands: everything before the
-  re-read mark M had LATE_EVENT_OVERLAP to show up when it was last read, and once
-  [M, W - overlap) is a band long, a re-read window reads it and moves M.
+- time a window read before it was LATE_EVENT_OVERLAP old stays `unsettled`; once a
+  band of it is that old, a re-read window reads the band once more. Time read when
+  it was already that old (a catch-up) needs no second read.
 
 Pages of a window are followed by continuation token, and the token is saved with
 every page, so a run that stops resumes mid-window.
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+
+from shared.coverage import Coverage
 
 # The ledger keys events by the first bytes of their identity digest.
 DIGEST_KEY_BYTES = 8
@@ -56,7 +58,7 @@ class LedgerEntry:
 class Window:
     start: int
     end: int
-    reread: bool = False  # a band of the overlap read once more; it moves the re-read mark, not the watermark
+    reread: bool = False  # a band of unsettled time read once more; it settles the band, it moves no watermark
 
     def contains(self, timestamp: int) -> bool:
         return self.start <= timestamp < self.end
@@ -119,7 +121,7 @@ class Cursor:
     continuation_token: str | None = None
     pass_number: int = 0
     next_segment: int = 0
-    reread_mark: int = 0  # M: time before it needs no re-reading
+    unsettled: Coverage = field(default_factory=Coverage)  # time read before the overlap had passed over it
     ledger: dict[bytes, LedgerEntry] = field(default_factory=dict)
     # Digests of the continuation tokens this pass handed out, so a token that comes back
     # (a paging loop) is caught, even after a restart.
@@ -130,11 +132,23 @@ class Cursor:
 
     @classmethod
     def starting_at(cls, watermark: int, until: int | None = None) -> Cursor:
-        return cls(watermark=watermark, origin=watermark, until=until, reread_mark=watermark)
+        return cls(watermark=watermark, origin=watermark, until=until)
 
     def horizon(self, plan: WindowPlan) -> int:
         """The oldest time a window of this cursor may still read: the ledger keeps what lies after it."""
-        return max(self.origin, min(self.reread_mark, self.watermark - plan.recent))
+        oldest_unsettled = self.unsettled.ranges[0][0] if self.unsettled else self.watermark
+        return max(self.origin, min(oldest_unsettled, self.watermark - plan.recent))
+
+    def _due_band(self, plan: WindowPlan) -> Window | None:
+        """The oldest unsettled time that has had the whole overlap to show up, once it is a band long."""
+        if not self.unsettled:
+            return None
+        start, end = self.unsettled.ranges[0]
+        old_enough = self.watermark - plan.overlap
+        band_end = min(end, old_enough, start + plan.max_span)
+        if band_end <= start or (band_end - start < REREAD_BAND_SECONDS and band_end < end):
+            return None
+        return Window(start=start, end=band_end, reread=True)
 
     @property
     def finished(self) -> bool:
@@ -167,9 +181,9 @@ class Cursor:
         if self.window is not None:
             return True
         recent = min(plan.recent, plan.overlap)
-        band_end = min(self.watermark - plan.overlap, self.reread_mark + plan.max_span)
-        if recent < plan.overlap and band_end - self.reread_mark >= REREAD_BAND_SECONDS:
-            self.window = Window(start=max(self.origin, self.reread_mark), end=band_end, reread=True)
+        band = self._due_band(plan)
+        if band is not None:
+            self.window = band
             self.restart_window()
             return True
         end = min(plan.end_limit, self.watermark + plan.max_span)
@@ -228,12 +242,14 @@ class Cursor:
         window = self.window
         assert window is not None
         if window.reread:
-            self.reread_mark = window.end
+            self.unsettled = self.unsettled.without(window.start, window.end)
         else:
             self.watermark = window.end
-            if window.start <= self.reread_mark:
-                # What this window read after it had the whole overlap to show up needs no re-read.
-                self.reread_mark = max(self.reread_mark, min(window.end, plan.settled_before))
+            # What this window read once it had the whole overlap to show up is settled; the rest
+            # of what it read beyond the recent re-read waits for its band.
+            settled = min(window.end, max(window.start, plan.settled_before))
+            if plan.recent < plan.overlap:
+                self.unsettled = self.unsettled.without(window.start, settled).union([(settled, window.end)])
         self.window = None
         self.continuation_token = None
         self.window_tokens.clear()
@@ -283,7 +299,6 @@ class Cursor:
             until=self.until,
             pass_number=self.pass_number + 1,
             next_segment=self.next_segment,
-            reread_mark=target,
         )
 
     def snapshot(self) -> Cursor:
@@ -296,7 +311,7 @@ class Cursor:
             continuation_token=self.continuation_token,
             pass_number=self.pass_number,
             next_segment=self.next_segment,
-            reread_mark=self.reread_mark,
+            unsettled=self.unsettled,
         )
 
     def navigator(self) -> Cursor:

@@ -17,11 +17,11 @@ collection keeps a second run off it, so two runs never send the same page.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -399,12 +399,21 @@ def run_cycle(
 
 
 def ensure_live_cursor(state: StateStore, org: str, now: int, initial_lookback_seconds: int) -> OrgState:
-    """The org's state with a live cursor: a backfill reads only what lies before it."""
+    """The org's state with a live cursor: a backfill reads only what lies before it.
+
+    The cursor is created under the live lease, so a first live run of the org that is under way
+    never finds its cursor created behind its back (its first save would fail, and its first page
+    land twice): LeaseHeld means that run creates it, and the backfill should come back later.
+    """
     current = state.load_org(org)
     if current.live is None:
-        first = first_live_cursor(current, now, initial_lookback_seconds)
-        with contextlib.suppress(StateConflict):  # a live run created it at the same moment
-            state.create_cursor(org, LIVE, first)
+        lease = state.acquire_lease(org, LIVE, f"backfill-planner:{uuid.uuid4().hex[:8]}", now, LEASE_SECONDS)
+        try:
+            current = state.load_org(org)
+            if current.live is None:
+                state.create_cursor(org, LIVE, first_live_cursor(current, now, initial_lookback_seconds))
+        finally:
+            state.release_lease(org, LIVE, lease)
         current = state.load_org(org)
     return current
 

@@ -11,6 +11,8 @@ entity-group transaction:
 A page save writes its cursor and its segment in one transaction, conditional on the
 cursor's ETag: it costs what the page changed, not what the backlog holds. Every entity
 carries `FormatVersion`; a version this code does not know is refused, never guessed at.
+The live cursor 1.0.0 left (one entity in partition `live`, without a version) is carried
+over once, when an org has no live cursor yet (`migrate_v1_live_cursor`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def cursor_entity(cursor: Cursor) -> Entity:
         "WindowStart": cursor.window.start if cursor.window else None,
         "WindowEnd": cursor.window.end if cursor.window else None,
         "WindowReread": cursor.window.reread if cursor.window else None,
-        "RereadMark": cursor.reread_mark,
+        "Unsettled": json.dumps([list(r) for r in cursor.unsettled]),
         "ContinuationToken": cursor.continuation_token,
         "Pass": cursor.pass_number,
         "NextSegment": cursor.next_segment,
@@ -101,7 +103,7 @@ def cursor_from_entity(org: str, entity: Entity) -> Cursor:
             continuation_token=entity.get("ContinuationToken") or None,
             pass_number=int(entity["Pass"]),
             next_segment=int(entity["NextSegment"]),
-            reread_mark=int(entity["RereadMark"]),
+            unsettled=Coverage.of(tuple(r) for r in json.loads(entity["Unsettled"])),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise StateUnavailable(
@@ -157,6 +159,53 @@ def _check_version(org: str, entity: Entity) -> None:
             f"version {FORMAT_VERSION}: run the connector version that wrote it, or point CHECKPOINT_TABLE_NAME "
             "at a new table"
         )
+
+
+# -- version 1.0.0 ------------------------------------------------------------------------------
+
+# 1.0.0 kept an org's live cursor as one entity in partition "live" under the org's name, its
+# whole ledger packed in Ledger0..N: timestamp (u32), digest key (8 bytes), sent (u16), seen (u16).
+_V1_PARTITION = "live"
+_V1_RECORD = struct.Struct(f">I{DIGEST_KEY_BYTES}sHH")
+
+
+def migrate_v1_live_cursor(entities: AzureTableEntities | MemoryEntities, org: str) -> bool:
+    """Carry over the live cursor 1.0.0 left for `org`, once; False when there is none.
+
+    The v2 cursor starts at the v1 watermark and origin with no open window, so the window it
+    stood in is read again from its start; one ledger segment holds what the v1 ledger says was
+    sent, so that re-read sends nothing twice. Cursor and segment go in one transaction: a run
+    migrating at the same moment makes this one a no-op. The v1 entity is left as it was.
+    """
+    found = entities.get(_V1_PARTITION, org)
+    if found is None:
+        return False
+    v1 = found[0]
+    chunks = []
+    while f"Ledger{len(chunks)}" in v1:
+        chunks.append(bytes(v1[f"Ledger{len(chunks)}"]))
+    packed = b"".join(chunks)
+    try:
+        cursor = Cursor(watermark=int(v1["Watermark"]), origin=int(v1["Origin"]))
+        entries = tuple(
+            SegmentEntry(key, timestamp, seen=0, sent=sent)
+            for timestamp, key, sent, _ in _V1_RECORD.iter_unpack(packed)
+            if sent
+        )
+    except (KeyError, TypeError, ValueError, struct.error) as error:
+        raise StateUnavailable(
+            f"the 1.0.0 checkpoint of org {org!r} (partition 'live') is malformed ({error}); "
+            f"delete it and set where collection starts with 'checkpoint reset --org {org} --to T'"
+        ) from None
+    operations: list[Operation] = []
+    if entries:
+        segment = LedgerSegment(sequence=0, pass_number=0, entries=entries, tokens=())
+        operations.append(("create", {"RowKey": f"{_segment_prefix(LIVE)}{0:010d}", **segment_entity(segment)}))
+        cursor.next_segment = 1
+    operations.insert(0, ("create", {"RowKey": _cursor_key(LIVE), **cursor_entity(cursor)}))
+    with contextlib.suppress(StateConflict):
+        entities.transact(org, operations)
+    return True
 
 
 # -- the two ways to keep entities --------------------------------------------------------------
@@ -307,6 +356,8 @@ class TableStateStore:
             row_key.removeprefix("cursor~"): StoredCursor(cursor_from_entity(org, entity), etag)
             for row_key, entity, etag in self._entities.prefixed(org, "cursor~")
         }
+        if LIVE not in cursors and migrate_v1_live_cursor(self._entities, org):
+            return self.load_org(org)
         leases = {
             row_key.removeprefix("lease~"): Lease(entity["Holder"], int(entity["ExpiresAt"]), etag)
             for row_key, entity, etag in self._entities.prefixed(org, "lease~")

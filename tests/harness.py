@@ -3,14 +3,18 @@ root, against the HTTPS stand-ins, Azurite and a local managed-identity endpoint
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
 import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-from azure.data.tables import TableClient
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import EdmType, EntityProperty, TableClient
 
 from shared.catalog import default_catalog
 from shared.cursor import Cursor
@@ -115,3 +119,36 @@ def start_cli(deployment: Deployment, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def write_v1_live_checkpoint(
+    table: TableClient,
+    org: str,
+    watermark: int,
+    origin: int,
+    ledger: list[tuple[int, bytes, int, int]],
+    window: tuple[int, int] | None = None,
+    token: str | None = None,
+) -> None:
+    """An org's live checkpoint as connector 1.0.0 wrote it: one entity in partition "live" under the
+    org's name, no FormatVersion, the ledger's (timestamp, 8-byte key, sent, seen) records packed
+    big-endian into binary properties of at most 64,000 bytes."""
+    packed = b"".join(struct.pack(">I8sHH", *record) for record in ledger)
+    entity = {
+        "PartitionKey": "live",
+        "RowKey": org,
+        "Watermark": EntityProperty(watermark, EdmType.INT64),
+        "WatermarkTime": datetime.fromtimestamp(watermark, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "Origin": EntityProperty(origin, EdmType.INT64),
+        "LedgerEntries": EntityProperty(len(ledger), EdmType.INT64),
+    }
+    if window:
+        entity["WindowStart"] = EntityProperty(window[0], EdmType.INT64)
+        entity["WindowEnd"] = EntityProperty(window[1], EdmType.INT64)
+    if token:
+        entity["ContinuationToken"] = token
+    for index in range(0, len(packed), 64_000):
+        entity[f"Ledger{index // 64_000}"] = packed[index : index + 64_000]
+    with contextlib.suppress(ResourceExistsError):
+        table.create_table()
+    table.create_entity(entity)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -30,10 +31,17 @@ from typing import Any
 from azure.data.tables import TableClient
 
 from shared.catalog import default_catalog
+from shared.cli import parse_time
 from shared.cursor import Cursor
 from shared.delivery import LIVE
-from shared.pipeline import Collection, CollectionReport, invalid_event_row
-from shared.ports import AuditPage
+from shared.pipeline import (
+    SETTLE_DELAY_SECONDS,
+    Collection,
+    CollectionReport,
+    invalid_event_row,
+    plan_backfill_lanes,
+)
+from shared.ports import AuditPage, LeaseHeld
 from shared.standins import simulate_events
 from shared.transform import InvalidEvent, event_id, normalize
 from shared.wiring import Connector
@@ -204,7 +212,7 @@ class FiguresCollector:
             f"{sum(row.dead_lettered for row in rows)} dead-lettered. "
             f"Scenarios that allow no duplicates: {total('clean', 'lost')} lost, "
             f"{total('clean', 'duplicated')} duplicated. "
-            f"Scenarios that allow same-EventId_s duplicates (a crash or a lost answer): "
+            f"Scenarios that allow same-EventId_s duplicates (a crash, a lost answer, a reset back or --resend): "
             f"{total('allowed', 'lost')} lost, {total('allowed', 'duplicated')} duplicated. "
             f"Open findings (xfail): {total('finding', 'lost')} lost, {total('finding', 'duplicated')} duplicated."
         )
@@ -311,6 +319,51 @@ class World:
 
     def tick(self, seconds: int = 120) -> None:
         self.now += seconds
+
+    # -- operating ----------------------------------------------------------------------------------
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """`python -m shared ARGS` as an operator runs it, on the real clock; its exit code joins the statuses."""
+        result = self.deployment.run_cli(*args)
+        command = " ".join(arg for arg in args[:2] if not arg.startswith("-"))
+        self.statuses.append(f"{command} {result.returncode}")
+        self.texts += [result.stdout, result.stderr]
+        return result
+
+    def backfill(
+        self, since: str, *, resend: bool = False, connector: Connector | None = None
+    ) -> list[CollectionReport]:
+        """`backfill --since SINCE [--resend]` of every org, in this process on the world's clock: the
+        lanes planned, then each collected. Lane saves are not probed; the accounting checks what landed."""
+        connector = connector or self.connector()
+        collector = connector.collector
+        if not any(form is self._form for form in self.forms):
+            self.forms.append(self._form)
+        lookback = int(connector.settings.source.initial_lookback.total_seconds())
+        until = self.now - SETTLE_DELAY_SECONDS
+        reports: list[CollectionReport] = []
+        for org in self.orgs:
+            try:
+                plan, lanes = plan_backfill_lanes(
+                    collector.state, org, parse_time(since, self.now), until, self.now, lookback, resend
+                )
+            except LeaseHeld as held:
+                reports.append(CollectionReport(org, status="skipped", error=str(held)))
+                continue
+            reports += [CollectionReport(org, name, status="skipped") for name, _ in plan.busy]
+            reports += [collector.collect(lane) for lane in lanes]
+        self.reports += reports
+        self.statuses.append("backfill " + ("/".join(report.status for report in reports) or "nothing to send"))
+        self.texts += [report.summary() for report in reports]
+        return reports
+
+    def reset(self, org: str, to: int) -> subprocess.CompletedProcess:
+        """`checkpoint reset --org ORG --to TO`. The operator moves the live watermark on purpose, so the
+        probes stop comparing with the watermark saved before."""
+        result = self.cli("checkpoint", "reset", "--org", org, "--to", str(to))
+        self._watermarks.pop(org, None)
+        self._last_save.pop(org, None)
+        return result
 
     # -- running ------------------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from tests.harness import expected_ids
 
 NOW = int(time.time())
 DAY = 86400
+# Events of three to two days ago that `--since 3d` covers however long after import a test runs.
+HISTORY = (NOW - 3 * DAY + 3600, NOW - 2 * DAY)
 
 
 def seed(deployment, start: int, end: int, count: int, seed_value: int = 1, org: str = "acme") -> list[dict]:
@@ -49,7 +51,7 @@ def test_checkpoint_show_prints_a_readable_table_by_default(deployment):
 
 
 def test_a_backfill_rerun_with_relative_times_sends_nothing(deployment):
-    events = seed(deployment, NOW - 3 * DAY, NOW - 2 * DAY, 80)
+    events = seed(deployment, *HISTORY, 80)
     first = deployment.run_cli("backfill", "--since", "3d")
     assert first.returncode == 0, first.stderr
     assert set(deployment.landed()) == expected_ids("acme", events)
@@ -59,14 +61,14 @@ def test_a_backfill_rerun_with_relative_times_sends_nothing(deployment):
 
 
 def test_a_backfill_ends_with_a_summary_of_sent_skipped_and_dead_lettered(deployment):
-    seed(deployment, NOW - 3 * DAY, NOW - 2 * DAY, 40)
+    seed(deployment, *HISTORY, 40)
     result = deployment.run_cli("backfill", "--since", "3d")
     assert "backfill acme: sent 40, skipped 0 already delivered, dead-lettered 0" in result.stderr
     assert " events" in result.stderr and "reached " in result.stderr  # the progress bar counts events
 
 
 def test_resend_says_how_much_it_re_sends_and_keeps_every_event_id(deployment):
-    events = seed(deployment, NOW - 3 * DAY, NOW - 2 * DAY, 30)
+    events = seed(deployment, *HISTORY, 30)
     deployment.run_cli("backfill", "--since", "3d")
     result = deployment.run_cli("backfill", "--since", "3d", "--resend")
     assert result.returncode == 0 and "--resend: re-sends " in result.stderr
@@ -104,6 +106,15 @@ def test_a_reset_forward_leaves_a_visible_gap_that_backfill_fills(deployment):
     assert Counter(deployment.landed().values()) == Counter({1: 12})
     assert set(deployment.landed()) == expected_ids("acme", skipped)
     assert show(deployment)["gaps"] == [] and show(deployment)["backfills"] == []
+
+
+def test_a_backfill_skips_an_org_whose_first_live_run_is_under_way(deployment):
+    seed(deployment, NOW - 3 * DAY, NOW - 2 * DAY, 10)
+    deployment.state().acquire_lease("acme", "live", "timer-host:42:abcd", int(time.time()), 120)
+    result = deployment.run_cli("backfill", "--since", "3d")
+    assert result.returncode == 0 and "status=skipped" in result.stdout, result.stdout + result.stderr
+    assert "creating the org's live cursor" in result.stdout and "timer-host:42:abcd" in result.stdout
+    assert deployment.ingestion.rows == [] and deployment.checkpoint() is None
 
 
 def test_an_org_not_in_pulumi_orgs_is_refused_by_every_operator_command(deployment):

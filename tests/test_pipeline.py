@@ -7,10 +7,17 @@ from collections import Counter
 import pytest
 
 from shared.catalog import default_catalog
-from shared.delivery import lane_name
+from shared.delivery import LIVE, lane_name
 from shared.ingestion_sink import MAX_BODY_BYTES
-from shared.pipeline import LIVE_MAX_WINDOW_SECONDS, SETTLE_DELAY_SECONDS, Collector, plan_backfill_lanes, run_cycle
-from shared.ports import SourceError
+from shared.pipeline import (
+    LEASE_SECONDS,
+    LIVE_MAX_WINDOW_SECONDS,
+    SETTLE_DELAY_SECONDS,
+    Collector,
+    plan_backfill_lanes,
+    run_cycle,
+)
+from shared.ports import LeaseHeld, SourceError
 from shared.state_store import memory_state_store
 from tests.fakes import CrashingStateStore, FakeAuditSource, FakeSink, InMemoryDeadLetterStore, SimulatedCrash
 
@@ -261,6 +268,13 @@ def test_a_backfill_leaves_the_live_checkpoint_alone_and_keeps_original_event_ti
     assert world.live().watermark == world.live().origin == NOW - LOOKBACK
     assert world.sink.rows[0]["EventTime_t"] == world.sink.rows[0]["TimeGenerated"]
     assert {row["Timestamp_d"] for row in world.sink.rows} == {old + index * 3600 for index in range(48)}
+
+
+def test_a_backfill_leaves_the_live_cursor_of_a_first_live_run_under_way_to_that_run(world):
+    world.state.acquire_lease("acme", LIVE, "timer-run", NOW, LEASE_SECONDS)
+    with pytest.raises(LeaseHeld) as held:
+        backfill(world, NOW - 86400, NOW)
+    assert held.value.holder == "timer-run" and world.live() is None
 
 
 def test_an_unexpected_error_in_one_org_is_reported_and_the_others_still_run(world):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 from azure.data.tables import TableClient
 
+import shared.state_store
 from shared.coverage import Coverage
 from shared.cursor import Cursor, LedgerSegment, SegmentEntry, Window
 from shared.delivery import LIVE, lane_name
 from shared.ports import LeaseHeld, StateConflict, StateFormatUnknown, StateUnavailable
 from shared.state_store import FORMAT_VERSION, TableStateStore, table_state_store
+from tests.harness import write_v1_live_checkpoint
 
 ORG = "acme"
 T0 = 1_800_000_000
@@ -159,3 +161,62 @@ def test_an_unreachable_table_is_reported_with_the_org(azurite):
     )
     with pytest.raises(StateUnavailable, match="state of org 'acme'"):
         table_state_store(unreachable).load_org(ORG)
+
+
+def v1_ledger() -> list[tuple[int, bytes, int, int]]:
+    """(timestamp, key, sent, seen) as 1.0.0 kept them: two sent, one identity sent twice, one seen only."""
+    return [
+        (T0 - 300, b"sentonce", 1, 1),
+        (T0 - 200, b"senttwic", 2, 2),
+        (T0 + 100, b"inwindow", 1, 1),
+        (T0 - 100, b"seenonly", 0, 1),
+    ]
+
+
+def test_a_v1_live_checkpoint_becomes_a_v2_live_cursor_at_its_watermark_with_its_ledger(store, table):
+    write_v1_live_checkpoint(
+        table, ORG, watermark=T0, origin=T0 - 86400, ledger=v1_ledger(), window=(T0 - 600, T0 + 3600), token="eyJ9"
+    )
+    live = store.load_org(ORG).live
+    assert (live.watermark, live.origin, live.window, live.continuation_token) == (T0, T0 - 86400, None, None)
+    [migrated] = store.load_segments(ORG, LIVE)
+    assert {(entry.key, entry.timestamp, entry.sent, entry.seen) for entry in migrated.entries} == {
+        (b"sentonce", T0 - 300, 1, 0),
+        (b"senttwic", T0 - 200, 2, 0),
+        (b"inwindow", T0 + 100, 1, 0),
+    }
+    assert live.next_segment == 1 and list(store.load_org(ORG).delivered()) == [(T0 - 86400, T0)]
+
+
+def test_the_migration_happens_once_and_later_saves_are_left_alone(store, table):
+    write_v1_live_checkpoint(table, ORG, watermark=T0, origin=T0 - 86400, ledger=v1_ledger())
+    stored = store.load_org(ORG).cursors[LIVE]
+    moved = Cursor(watermark=T0 + 3600, origin=T0 - 86400, next_segment=1)
+    store.save_cursor(ORG, LIVE, moved, stored.etag)
+    assert store.load_org(ORG).live == moved and len(store.load_segments(ORG, LIVE)) == 1
+
+
+def test_two_runs_migrating_at_once_both_read_the_one_migrated_cursor(table):
+    write_v1_live_checkpoint(table, ORG, watermark=T0, origin=T0 - 86400, ledger=v1_ledger())
+    first, second = table_state_store(table), table_state_store(table)
+    migrate = shared.state_store.migrate_v1_live_cursor
+    calls, raced = [], []
+
+    def the_other_run_first(entities, org):
+        calls.append(org)
+        if len(calls) == 1:  # the first run is about to migrate: the second one does it first
+            raced.append(second.load_org(org))
+        return migrate(entities, org)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shared.state_store, "migrate_v1_live_cursor", the_other_run_first)
+        live = first.load_org(ORG).live
+    assert live == raced[0].live and live.watermark == T0
+    assert len(first.load_segments(ORG, LIVE)) == 1
+
+
+def test_an_org_without_a_v1_checkpoint_starts_fresh(store, table):
+    write_v1_live_checkpoint(table, "globex", watermark=T0, origin=T0 - 86400, ledger=[])
+    assert store.load_org(ORG).live is None
+    assert store.load_org("globex").live == Cursor(watermark=T0, origin=T0 - 86400)
+    assert store.load_segments("globex", LIVE) == []
