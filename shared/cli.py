@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -219,7 +221,9 @@ def _backfill(connector, args: argparse.Namespace) -> int:
     reports: list[CollectionReport] = []
     lookback = int(settings.source.initial_lookback.total_seconds())
     for org in _chosen_orgs(args, settings.source.orgs):
-        plan, lanes = plan_backfill_lanes(collector.state, org, since, until, now, lookback, args.resend)
+        plan, lanes = plan_backfill_lanes(
+            collector.state, org, since, until, now, lookback, args.resend, settings.source.backfill_parallelism
+        )
         print(
             f"backfill {org}: [{iso_utc(plan.since)}, {iso_utc(plan.until)}) "
             f"{describe_seconds(plan.already_delivered_seconds)} of it already delivered",
@@ -245,33 +249,45 @@ def _backfill(connector, args: argparse.Namespace) -> int:
         if not lanes:
             print(f"  nothing to send for {org}", file=sys.stderr)
             continue
-        reports += _run_lanes(collector, lanes)
+        reports += _run_lanes(collector, lanes, settings.source.backfill_parallelism)
     return _finish(reports)
 
 
-def _run_lanes(collector, lanes: list[Collection]) -> list[CollectionReport]:
-    reports = []
-    with tqdm(unit=" events", desc=f"backfill {lanes[0].org}", file=sys.stderr, dynamic_ncols=True) as bar:
-        counted: dict[str, int] = {}
+def _run_lanes(collector, lanes: list[Collection], parallelism: int) -> list[CollectionReport]:
+    """Read up to `parallelism` lanes of one org at once, under one progress bar for the whole
+    range: the events sent, the rate, and the date every lane has reached (the lowest lane's)."""
+    org = lanes[0].org
+    state = collector.state.load_org(org)
+    reached = {
+        lane.name: state.lanes[lane.name].watermark if lane.name in state.lanes else lane.first_cursor(state).watermark
+        for lane in lanes
+    }
+    counted = dict.fromkeys(reached, 0)
+    lock = threading.Lock()
+    with tqdm(unit=" events", desc=f"backfill {org}", file=sys.stderr, dynamic_ncols=True) as bar:
 
         def show(collection: Collection, cursor: Cursor, report: CollectionReport) -> None:
-            handled = report.sent + report.dead_lettered
-            bar.update(handled - counted.get(collection.name, 0))
-            counted[collection.name] = handled
-            bar.set_postfix_str(f"reached {iso_utc(cursor.watermark)}", refresh=False)
+            if collection.name not in reached:
+                return
+            with lock:
+                handled = report.sent + report.dead_lettered
+                bar.update(handled - counted[collection.name])
+                counted[collection.name] = handled
+                reached[collection.name] = cursor.watermark
+                bar.set_postfix_str(f"reached {iso_utc(min(reached.values()))}", refresh=False)
 
+        bar.set_postfix_str(f"reached {iso_utc(min(reached.values()))}", refresh=False)
         collector.progress.append(show)
         try:
-            for lane in lanes:
-                counted[lane.name] = 0
-                reports.append(collector.collect(lane))
+            with ThreadPoolExecutor(min(parallelism, len(lanes)), thread_name_prefix="lane") as pool:
+                reports = list(pool.map(collector.collect, lanes))
         finally:
             collector.progress.remove(show)
     sent = sum(report.sent for report in reports)
     skipped = sum(report.duplicates for report in reports)
     dead = sum(report.dead_lettered for report in reports)
     print(
-        f"backfill {lanes[0].org}: sent {sent}, skipped {skipped} already delivered, dead-lettered {dead}",
+        f"backfill {org}: sent {sent}, skipped {skipped} already delivered, dead-lettered {dead}",
         file=sys.stderr,
     )
     return reports

@@ -135,6 +135,7 @@ class Connector:
             int(source.initial_lookback.total_seconds()),
             int(source.late_event_overlap.total_seconds()),
             source.run_time_budget.total_seconds(),
+            source.max_parallel_orgs,
         )
 
 

@@ -268,7 +268,8 @@ class World:
         self._passes: dict[tuple[str, int, int], list[Counter]] = {}
         self._invalid_seen: set[str] = set()
         self._snapshot: dict[str, list[dict[str, Any]]] = {}
-        self._pending: tuple | None = None
+        self._pending: dict[str, tuple] = {}  # per org: a run works on several orgs at once
+        self._probe_lock = threading.RLock()
         self._serial = 0
 
     # -- arranging ----------------------------------------------------------------------------------
@@ -347,7 +348,8 @@ class World:
 
             def fetch_page(org: str, start: int, end: int, token: str | None) -> AuditPage:
                 page = fetch(org, start, end, token)
-                self._on_page(org, start, end, token, page)
+                with self._probe_lock:
+                    self._on_page(org, start, end, token, page)
                 return page
 
             source.fetch_page = fetch_page
@@ -358,25 +360,29 @@ class World:
 
             def put_and_record(org: str, refused) -> None:
                 put(org, refused)
-                self.dead_lettered_ids.update(str(item.row.get("EventId_s")) for item in refused)
+                with self._probe_lock:
+                    self.dead_lettered_ids.update(str(item.row.get("EventId_s")) for item in refused)
 
             dead_letters.put = put_and_record
             dead_letters._world_probe = True
-        if self._on_save not in collector.progress:
-            collector.progress.append(self._on_save)
+        if self._saved not in collector.progress:
+            collector.progress.append(self._saved)
+
+    def _saved(self, collection: Collection, cursor: Cursor, report: CollectionReport) -> None:
+        with self._probe_lock:  # the orgs of a run save from their own threads
+            self._on_save(collection, cursor, report)
 
     # -- the checkpoint probes --------------------------------------------------------------------
 
     def _on_page(self, org: str, start: int, end: int, token: str | None, page: AuditPage) -> None:
         # A page counts once the pipeline keeps it, i.e. when the save after it happens; a page
         # it refuses (a looping token) is followed by another fetch or by nothing.
-        self._pending = (org, start, end, token, page)
+        self._pending[org] = (org, start, end, token, page)
 
-    def _commit_page(self) -> None:
-        if self._pending is None:
+    def _commit_page(self, org: str) -> None:
+        if org not in self._pending:
             return
-        org, start, end, token, page = self._pending
-        self._pending = None
+        org, start, end, token, page = self._pending.pop(org)
         passes = self._passes.setdefault((org, start, end), [])
         if token is None or not passes:
             passes.append(Counter())
@@ -397,9 +403,9 @@ class World:
         if collection.name != LIVE:
             return  # backfill lanes are checked by their scenarios
         if cursor.window is not None and cursor.continuation_token is None:
-            self._pending = None  # a restarted window: the refused page is not kept, the window is read afresh
+            self._pending.pop(collection.org, None)  # a restarted window: the refused page is not kept
         else:
-            self._commit_page()
+            self._commit_page(collection.org)
         org = collection.org
         previous = self._watermarks.get(org)
         if previous is not None and cursor.watermark < previous:
