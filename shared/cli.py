@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from shared.pipeline import (
     SETTLE_DELAY_SECONDS,
     Collection,
     CollectionReport,
+    collect_at_once,
     plan_backfill_lanes,
 )
 from shared.ports import DeadLetterUnavailable, LeaseHeld, SourceError, StateConflict, StateUnavailable
@@ -255,16 +255,23 @@ def _backfill(connector, args: argparse.Namespace) -> int:
 
 def _run_lanes(collector, lanes: list[Collection], parallelism: int) -> list[CollectionReport]:
     """Read up to `parallelism` lanes of one org at once, under one progress bar for the whole
-    range: the events sent, the rate, and the date every lane has reached (the lowest lane's)."""
+    range: the events sent, their rate, and the date every lane has reached (the lowest date
+    of the lanes still reading)."""
     org = lanes[0].org
     state = collector.state.load_org(org)
     reached = {
         lane.name: state.lanes[lane.name].watermark if lane.name in state.lanes else lane.first_cursor(state).watermark
         for lane in lanes
     }
+    reading = set(reached)
     counted = dict.fromkeys(reached, 0)
     lock = threading.Lock()
+    print(f"  {len(lanes)} lanes, {min(parallelism, len(lanes))} at a time (BACKFILL_PARALLELISM)", file=sys.stderr)
     with tqdm(unit=" events", desc=f"backfill {org}", file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def show_date() -> None:
+            lowest = min((reached[name] for name in reading), default=max(reached.values()))
+            bar.set_postfix_str(f"reached {iso_utc(lowest)}", refresh=False)
 
         def show(collection: Collection, cursor: Cursor, report: CollectionReport) -> None:
             if collection.name not in reached:
@@ -274,13 +281,14 @@ def _run_lanes(collector, lanes: list[Collection], parallelism: int) -> list[Col
                 bar.update(handled - counted[collection.name])
                 counted[collection.name] = handled
                 reached[collection.name] = cursor.watermark
-                bar.set_postfix_str(f"reached {iso_utc(min(reached.values()))}", refresh=False)
+                if cursor.finished:
+                    reading.discard(collection.name)
+                show_date()
 
-        bar.set_postfix_str(f"reached {iso_utc(min(reached.values()))}", refresh=False)
+        show_date()
         collector.progress.append(show)
         try:
-            with ThreadPoolExecutor(min(parallelism, len(lanes)), thread_name_prefix="lane") as pool:
-                reports = list(pool.map(collector.collect, lanes))
+            reports = collect_at_once(collector, lanes, parallelism)
         finally:
             collector.progress.remove(show)
     sent = sum(report.sent for report in reports)

@@ -377,7 +377,16 @@ def run_cycle(
     deadline = collector.monotonic() + budget_seconds
     now = int(collector.wall_clock())
     collections = [live_collection(org, now, initial_lookback_seconds, overlap_seconds) for org in orgs]
-    with ThreadPoolExecutor(max(1, min(max_parallel_orgs, len(orgs))), thread_name_prefix="org") as pool:
+    return collect_at_once(collector, collections, max_parallel_orgs, deadline)
+
+
+def collect_at_once(
+    collector: Collector, collections: Sequence[Collection], parallelism: int, deadline: float | None = None
+) -> list[CollectionReport]:
+    """Advance up to `parallelism` collections at once (orgs, or the lanes of a backfill), each
+    in its own thread; the reports come in the order of `collections`."""
+    workers = max(1, min(parallelism, len(collections)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="collect") as pool:
         return list(pool.map(lambda collection: collector.collect(collection, deadline), collections))
 
 
