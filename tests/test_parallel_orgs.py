@@ -4,6 +4,7 @@ One org failing while three run is a fault-matrix scenario (tests/test_fault_mat
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -88,3 +89,19 @@ def test_no_more_orgs_run_at_once_than_max_parallel_orgs_and_reports_keep_the_or
     assert [(report.org, report.status, report.sent) for report in reports] == [(org, "ok", 12) for org in orgs]
     assert source.most_in_flight == 3  # three first pages met at once, and never a fourth beside them
     assert len(sink.rows) == 72
+
+
+def test_sixteen_orgs_at_once_keep_every_connection_to_each_service(deployment, caplog):
+    """Each client keeps a connection per thread: no connection is opened only to be thrown away."""
+    deployment.orgs = tuple(f"org{index:02d}" for index in range(16))
+    deployment.extra["MAX_PARALLEL_ORGS"] = "16"
+    now = int(time.time())
+    for index, org in enumerate(deployment.orgs):
+        deployment.pulumi_api.add_events(org, simulate_events(org, now - 3000, now - 120, 5, seed=index + 1))
+    # The first request of each org to each service is answered late, so all sixteen are open at once.
+    deployment.pulumi_api.faults.add(Fault.delay(0.3, times=16))
+    deployment.ingestion.faults.add(Fault.delay(0.3, times=16))
+    with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"):
+        reports = deployment.connector().run_once()
+    assert [report.status for report in reports] == ["ok"] * 16
+    assert [record.getMessage() for record in caplog.records if "pool is full" in record.getMessage()] == []
