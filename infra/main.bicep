@@ -53,6 +53,16 @@ param lateEventOverlap string = '10m'
 @description('A run stops cleanly after this long and resumes on the next run.')
 param runTimeBudget string = '8m'
 
+@description('How many orgs a run collects at once, each on its own lease and cursor.')
+@minValue(1)
+@maxValue(32)
+param maxParallelOrgs int = 4
+
+@description('How many lanes (parts of the range) a backfill of one org reads at once.')
+@minValue(1)
+@maxValue(16)
+param backfillParallelism int = 4
+
 @description('Interactive (Analytics) retention of the PulumiAuditLogs_CL and PulumiAuditConnectorHealth_CL tables, in days.')
 @minValue(4)
 @maxValue(730)
@@ -470,6 +480,14 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'RUN_TIME_BUDGET'
           value: runTimeBudget
+        }
+        {
+          name: 'MAX_PARALLEL_ORGS'
+          value: string(maxParallelOrgs)
+        }
+        {
+          name: 'BACKFILL_PARALLELISM'
+          value: string(backfillParallelism)
         }
       ]
     }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Print throughput and memory figures (benchmarks/bench.py), then what the delivery state costs
-# as the backlog grows (benchmarks/delivery_state.py, which starts its own Azurite).
+# Print throughput and memory figures (benchmarks/bench.py); then, without arguments, the
+# pipelined path's figures (benchmarks/pipeline.py), the parallelism figures (benchmarks/parallel.py)
+# and what the delivery state costs as the backlog grows (benchmarks/delivery_state.py, which starts
+# its own Azurite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh .venv requirements.txt
@@ -9,4 +11,8 @@ if [ ! -x tools/azurite/node_modules/.bin/azurite-table ] || \
   (cd tools/azurite && npm ci --silent --no-audit --no-fund)
 fi
 .venv/bin/python -m benchmarks.bench "$@"
-[ $# -gt 0 ] || exec .venv/bin/python -m benchmarks.delivery_state
+if [ "$#" -eq 0 ]; then
+  .venv/bin/python -m benchmarks.pipeline
+  .venv/bin/python -m benchmarks.parallel
+  .venv/bin/python -m benchmarks.delivery_state
+fi

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from shared.pipeline import (
     SETTLE_DELAY_SECONDS,
     Collection,
     CollectionReport,
+    collect_at_once,
     plan_backfill_lanes,
 )
 from shared.ports import DeadLetterUnavailable, LeaseHeld, SourceError, StateConflict, StateUnavailable
@@ -220,7 +222,9 @@ def _backfill(connector, args: argparse.Namespace) -> int:
     lookback = int(settings.source.initial_lookback.total_seconds())
     for org in _chosen_orgs(args, settings.source.orgs):
         try:
-            plan, lanes = plan_backfill_lanes(collector.state, org, since, until, now, lookback, args.resend)
+            plan, lanes = plan_backfill_lanes(
+                collector.state, org, since, until, now, lookback, args.resend, settings.source.backfill_parallelism
+            )
         except LeaseHeld as held:
             reports.append(_live_cursor_being_created(org, held))
             continue
@@ -249,7 +253,7 @@ def _backfill(connector, args: argparse.Namespace) -> int:
         if not lanes:
             print(f"  nothing to send for {org}", file=sys.stderr)
             continue
-        reports += _run_lanes(collector, lanes)
+        reports += _run_lanes(collector, lanes, settings.source.backfill_parallelism)
     connector.report_health(reports)
     return _finish(reports)
 
@@ -263,29 +267,49 @@ def _live_cursor_being_created(org: str, held: LeaseHeld) -> CollectionReport:
     )
 
 
-def _run_lanes(collector, lanes: list[Collection]) -> list[CollectionReport]:
-    reports = []
-    with tqdm(unit=" events", desc=f"backfill {lanes[0].org}", file=sys.stderr, dynamic_ncols=True) as bar:
-        counted: dict[str, int] = {}
+def _run_lanes(collector, lanes: list[Collection], parallelism: int) -> list[CollectionReport]:
+    """Read up to `parallelism` lanes of one org at once, under one progress bar for the whole
+    range: the events sent, their rate, and the date every lane has reached (the lowest date
+    of the lanes still reading)."""
+    org = lanes[0].org
+    state = collector.state.load_org(org)
+    reached = {
+        lane.name: state.lanes[lane.name].watermark if lane.name in state.lanes else lane.first_cursor(state).watermark
+        for lane in lanes
+    }
+    reading = set(reached)
+    counted = dict.fromkeys(reached, 0)
+    lock = threading.Lock()
+    print(f"  {len(lanes)} lanes, {min(parallelism, len(lanes))} at a time (BACKFILL_PARALLELISM)", file=sys.stderr)
+    with tqdm(unit=" events", desc=f"backfill {org}", file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def show_date() -> None:
+            lowest = min((reached[name] for name in reading), default=max(reached.values()))
+            bar.set_postfix_str(f"reached {iso_utc(lowest)}", refresh=False)
 
         def show(collection: Collection, cursor: Cursor, report: CollectionReport) -> None:
-            handled = report.sent + report.dead_lettered
-            bar.update(handled - counted.get(collection.name, 0))
-            counted[collection.name] = handled
-            bar.set_postfix_str(f"reached {iso_utc(cursor.watermark)}", refresh=False)
+            if collection.name not in reached:
+                return
+            with lock:
+                handled = report.sent + report.dead_lettered
+                bar.update(handled - counted[collection.name])
+                counted[collection.name] = handled
+                reached[collection.name] = cursor.watermark
+                if cursor.finished:
+                    reading.discard(collection.name)
+                show_date()
 
+        show_date()
         collector.progress.append(show)
         try:
-            for lane in lanes:
-                counted[lane.name] = 0
-                reports.append(collector.collect(lane))
+            reports = collect_at_once(collector, lanes, parallelism)
         finally:
             collector.progress.remove(show)
     sent = sum(report.sent for report in reports)
     skipped = sum(report.duplicates for report in reports)
     dead = sum(report.dead_lettered for report in reports)
     print(
-        f"backfill {lanes[0].org}: sent {sent}, skipped {skipped} already delivered, dead-lettered {dead}",
+        f"backfill {org}: sent {sent}, skipped {skipped} already delivered, dead-lettered {dead}",
         file=sys.stderr,
     )
     return reports

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,23 +80,26 @@ class TableDeadLetterStore:
 
 
 class FileDeadLetterStore:
-    """Dead letters in a local JSON file, for the demo."""
+    """Dead letters in a local JSON file, for the demo. A lock keeps the orgs of a run, which
+    store at the same time, from overwriting each other's read-modify-write."""
 
     def __init__(self, path: Path):
         self._file = JsonFile(path)
+        self._lock = threading.Lock()
 
     def put(self, org: str, refused: Sequence[RefusedRow]) -> None:
-        data = self._file.read()
-        for item in refused:
-            key = dead_letter_key(item.row)
-            data[f"{org}/{key}"] = {
-                "org": org,
-                "key": key,
-                "row": item.row,
-                "reason": item.reason[:_MAX_REASON_CHARS],
-                "failed_at": _now(),
-            }
-        self._file.write(data)
+        with self._lock:
+            data = self._file.read()
+            for item in refused:
+                key = dead_letter_key(item.row)
+                data[f"{org}/{key}"] = {
+                    "org": org,
+                    "key": key,
+                    "row": item.row,
+                    "reason": item.reason[:_MAX_REASON_CHARS],
+                    "failed_at": _now(),
+                }
+            self._file.write(data)
 
     def list(self, org: str | None = None) -> Iterator[DeadLetter]:
         for entry in self._file.read().values():
@@ -103,9 +107,10 @@ class FileDeadLetterStore:
                 yield DeadLetter(entry["org"], entry["key"], entry["row"], entry["reason"], entry["failed_at"])
 
     def remove(self, letter: DeadLetter) -> None:
-        data = self._file.read()
-        data.pop(f"{letter.org}/{letter.key}", None)
-        self._file.write(data)
+        with self._lock:
+            data = self._file.read()
+            data.pop(f"{letter.org}/{letter.key}", None)
+            self._file.write(data)
 
 
 def _now() -> str:

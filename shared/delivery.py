@@ -9,6 +9,7 @@ follow: what a backfill still has to send, what a reset changes, and what
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.coverage import Coverage, Range
@@ -98,9 +99,12 @@ class BackfillPlan:
         return self.already_delivered_seconds if self.resend else 0
 
 
-def plan_backfill(state: OrgState, since: int, until: int, now: int, *, resend: bool = False) -> BackfillPlan:
+def plan_backfill(
+    state: OrgState, since: int, until: int, now: int, *, resend: bool = False, parallelism: int = 1
+) -> BackfillPlan:
     """Only what is not yet delivered (all of it with `resend`), never past where live
-    collection took over, and never what a running lane still has to send."""
+    collection took over, and never what a running lane still has to send; cut into up to
+    `parallelism` new lanes of about equal length, to be read at once."""
     live = state.live
     end = min(until, live.watermark) if live is not None else until
     delivered = state.delivered().within(since, end)
@@ -111,17 +115,39 @@ def plan_backfill(state: OrgState, since: int, until: int, now: int, *, resend: 
         holder = state.holder(name, now)
         (busy.append((name, holder)) if holder else resume.append(name))
     wanted = Coverage.of([(since, end)]) if resend else state.delivered().gaps(since, end)
-    new_lanes: list[Range] = []
+    gaps: list[Range] = []
     for start, stop in wanted:
-        new_lanes.extend(state.pending().gaps(start, stop))
+        gaps.extend(state.pending().gaps(start, stop))
     return BackfillPlan(
         since=since,
         until=end,
         resume=tuple(resume),
-        new_lanes=tuple(new_lanes),
+        new_lanes=split_into_lanes(gaps, parallelism),
         busy=tuple(busy),
         already_delivered_seconds=delivered.seconds(),
         resend=resend,
+    )
+
+
+def split_into_lanes(ranges: Sequence[Range], lanes: int) -> tuple[Range, ...]:
+    """`ranges` cut into about `lanes` adjacent parts of near-equal length, in whole seconds.
+
+    Every range is at least one part, so there are more parts than `lanes` only when there are
+    more ranges. The extra parts go, one at a time, to the range whose parts are longest; no
+    part is shorter than a second. The parts tile each range exactly: they never overlap, and
+    each is a lane named by its own range, which a rerun finds in the state.
+    """
+    lengths = [end - start for start, end in ranges]
+    counts = [1] * len(ranges)
+    while ranges and sum(counts) < lanes:
+        longest = max(range(len(ranges)), key=lambda index: lengths[index] / counts[index])
+        if lengths[longest] <= counts[longest]:
+            break
+        counts[longest] += 1
+    return tuple(
+        (start + length * part // count, start + length * (part + 1) // count)
+        for (start, _), length, count in zip(ranges, lengths, counts, strict=True)
+        for part in range(count)
     )
 
 

@@ -90,6 +90,9 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
         )
         overlap = int(settings.source.late_event_overlap.total_seconds())
 
+        def cycle(of: Collector) -> list:
+            return run_cycle(of, DEMO_ORGS, LOOKBACK_SECONDS, overlap, 300, settings.source.max_parallel_orgs)
+
         print("Pulumi audit logs -> Sentinel, on local stand-ins (nothing leaves this machine)")
         print(f"simulated Pulumi API at {pulumi_api.url}, Logs Ingestion stand-in at {ingestion.url}\n")
         if demo_vault:
@@ -98,7 +101,7 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
                 print(f"  {org}: secret {secret_name}")
             print()
         print(f"run 1: the last day, {EVENTS_PER_ORG} events per org")
-        first = run_cycle(collector, DEMO_ORGS, LOOKBACK_SECONDS, overlap, budget_seconds=300)
+        first = cycle(collector)
         health.report(first, int(collector.wall_clock()))
         for report in first:
             print("  " + report.summary())
@@ -115,7 +118,7 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
             print("and the 5-minute token cache has run out")
         print("\nrun 2, one timer tick later: 10 events per org appeared late, inside the window run 1 read")
         next_tick = replace(collector, wall_clock=lambda: time.time() + 60)
-        second = run_cycle(next_tick, DEMO_ORGS, LOOKBACK_SECONDS, overlap, budget_seconds=300)
+        second = cycle(next_tick)
         health.report(second, int(next_tick.wall_clock()))
         for report in second:
             print("  " + report.summary())

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +57,9 @@ BACKFILL_MAX_WINDOW_SECONDS = 86400
 # A run killed while it holds a lease delays that collection by at most this long. A
 # working run renews its lease every third of it.
 LEASE_SECONDS = 120
-# A finished lane's coverage write can meet another lane's; it is retried this often.
-FOLD_ATTEMPTS = 5
+# A finished lane's coverage write can meet another lane's; each conflict means another lane
+# folded, so this many attempts outlast every other lane of a backfill (BACKFILL_PARALLELISM <= 16).
+FOLD_ATTEMPTS = 17
 
 
 @dataclass
@@ -266,6 +268,7 @@ class Collector:
         reader = PageReader(
             self.source,
             collection.org,
+            collection.name,
             cursor.navigator(),
             collection.plan,
             deadline,
@@ -388,14 +391,25 @@ def run_cycle(
     initial_lookback_seconds: int,
     overlap_seconds: int,
     budget_seconds: float,
+    max_parallel_orgs: int = 1,
 ) -> list[CollectionReport]:
-    """One poll of every org, exactly what the timer runs. One failing org doesn't stop the others."""
+    """One poll of every org, exactly what the timer runs (with MAX_PARALLEL_ORGS): up to
+    `max_parallel_orgs` orgs at once, each on its own lease and cursor, so one org's slowness or
+    failure holds up no other. The reports come in the order of `orgs`."""
     deadline = collector.monotonic() + budget_seconds
     now = int(collector.wall_clock())
-    return [
-        collector.collect(live_collection(org, now, initial_lookback_seconds, overlap_seconds), deadline)
-        for org in orgs
-    ]
+    collections = [live_collection(org, now, initial_lookback_seconds, overlap_seconds) for org in orgs]
+    return collect_at_once(collector, collections, max_parallel_orgs, deadline)
+
+
+def collect_at_once(
+    collector: Collector, collections: Sequence[Collection], parallelism: int, deadline: float | None = None
+) -> list[CollectionReport]:
+    """Advance up to `parallelism` collections at once (orgs, or the lanes of a backfill), each
+    in its own thread; the reports come in the order of `collections`."""
+    workers = max(1, min(parallelism, len(collections)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="collect") as pool:
+        return list(pool.map(lambda collection: collector.collect(collection, deadline), collections))
 
 
 def ensure_live_cursor(state: StateStore, org: str, now: int, initial_lookback_seconds: int) -> OrgState:
@@ -419,12 +433,32 @@ def ensure_live_cursor(state: StateStore, org: str, now: int, initial_lookback_s
 
 
 def plan_backfill_lanes(
-    state: StateStore, org: str, since: int, until: int, now: int, initial_lookback_seconds: int, resend: bool
+    state: StateStore,
+    org: str,
+    since: int,
+    until: int,
+    now: int,
+    initial_lookback_seconds: int,
+    resend: bool,
+    parallelism: int = 1,
 ) -> tuple[BackfillPlan, list[Collection]]:
     """What a backfill of [since, until) sends: the lanes of an interrupted backfill to resume,
-    and new lanes over what no run delivered (the whole range with `resend`)."""
-    current = ensure_live_cursor(state, org, now, initial_lookback_seconds)
-    plan = plan_backfill(current, since, until, now, resend=resend)
+    and up to `parallelism` new lanes over what no run delivered (the whole range with `resend`).
+
+    The new lanes are claimed at once, in one transaction conditional on the org's coverage: a
+    backfill planning at the same moment then plans again, and finds them running."""
+    for _ in range(FOLD_ATTEMPTS):
+        current = ensure_live_cursor(state, org, now, initial_lookback_seconds)
+        plan = plan_backfill(current, since, until, now, resend=resend, parallelism=parallelism)
+        claims = {lane_name(start, end): Cursor.starting_at(start, end) for start, end in plan.new_lanes}
+        try:
+            if claims:
+                state.claim_lanes(org, claims, current.folded, current.folded_etag)
+            break
+        except StateConflict:
+            continue
+    else:
+        raise StateConflict(f"could not claim backfill lanes of org {org!r}: other backfills kept planning")
     lanes = [current.lanes[name] for name in plan.resume]
     collections = [lane_collection(org, lane.origin, lane.until, now) for lane in lanes]
     collections += [lane_collection(org, start, end, now) for start, end in plan.new_lanes]

@@ -2,18 +2,25 @@
 
 HTTP retries (429 and 5xx honouring Retry-After, connection resets, read timeouts)
 are urllib3's `Retry`, with Retry-After capped so a hostile header cannot stall a
-run. Each org's token comes from a `TokenSource` and goes on each request, never on the
-session. Errors name the org, the status and where the token came from, never the token.
+run. A 429 with Retry-After also holds back every other request of the same org until
+then (`RetryAfterGate`): the lanes of a backfill slow down together instead of each
+spending its own retries. Each org's token comes from a `TokenSource` and goes on each
+request, never on the session. Errors name the org, the status and where the token came
+from, never the token. One source serves many threads (orgs, lanes) at once.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from shared import __version__
@@ -24,17 +31,71 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 MAX_RETRY_AFTER_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 60
+# Connections kept open to the API: one per request in flight, at most MAX_PARALLEL_ORGS (32)
+# orgs or BACKFILL_PARALLELISM (16) lanes at once.
+KEPT_CONNECTIONS = 32
+
+
+class RetryAfterGate:
+    """Holds back every request of an org while the API has told one of them to retry later.
+
+    Keyed by the org's audit-log path, so it applies to every lane of that org and to no other
+    org. `clock` and `sleep` are injectable for tests; `sleep` defaults to `time.sleep` looked
+    up at call time.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None):
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._until: dict[str, float] = {}
+
+    def hold(self, path: str, seconds: float) -> None:
+        """No request to `path` is sent in the next `seconds`."""
+        until = self._clock() + seconds
+        with self._lock:
+            self._until[path] = max(until, self._until.get(path, until))
+
+    def wait(self, path: str) -> None:
+        """Return once `path` may be asked again; a hold set while waiting is waited out too."""
+        waited_for = None
+        while True:
+            with self._lock:
+                until = self._until.get(path)
+            pause = None if until is None or until == waited_for else until - self._clock()
+            if pause is None or pause <= 0:
+                return
+            (self._sleep or time.sleep)(pause)
+            waited_for = until
 
 
 class _BoundedRetry(Retry):
-    """urllib3's Retry with the server's Retry-After capped."""
+    """urllib3's Retry with the server's Retry-After capped; a 429 with Retry-After holds the
+    org's other requests through `gate` as long as this one waits."""
+
+    def __init__(self, *args, gate: RetryAfterGate | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = gate
+
+    def new(self, **kwargs):
+        return super().new(gate=self.gate, **kwargs)
 
     def get_retry_after(self, response):
         retry_after = super().get_retry_after(response)
         return None if retry_after is None else min(retry_after, MAX_RETRY_AFTER_SECONDS)
 
+    def increment(self, method=None, url=None, response=None, *args, **kwargs):
+        if self.gate is not None and url is not None and response is not None and response.status == 429:
+            try:
+                retry_after = self.get_retry_after(response)
+            except InvalidHeader:
+                retry_after = None
+            if retry_after:
+                self.gate.hold(urlsplit(url).path, retry_after)
+        return super().increment(method, url, response, *args, **kwargs)
 
-def default_retry() -> Retry:
+
+def default_retry(gate: RetryAfterGate | None = None) -> Retry:
     return _BoundedRetry(
         total=6,
         connect=3,
@@ -46,6 +107,7 @@ def default_retry() -> Retry:
         allowed_methods=frozenset({"GET"}),
         respect_retry_after_header=True,
         raise_on_status=False,
+        gate=gate,
     )
 
 
@@ -55,7 +117,7 @@ class PulumiAuditSource:
         api_url: str,
         tokens: TokenSource,
         *,
-        retry: Retry | None = None,
+        gate: RetryAfterGate | None = None,
         timeout: tuple[float, float] = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
@@ -65,9 +127,10 @@ class PulumiAuditSource:
         self._timeout = timeout
         self._max_response_bytes = max_response_bytes
         self._session = requests.Session()
-        retry = retry or default_retry()
+        self._gate = gate or RetryAfterGate()
+        retry = default_retry(self._gate)
         self._retried_statuses = frozenset(retry.status_forcelist or ())
-        adapter = HTTPAdapter(max_retries=retry)
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=KEPT_CONNECTIONS)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.headers.update(
@@ -86,6 +149,7 @@ class PulumiAuditSource:
         if problem:
             raise SourceError(problem)
         url = f"{self._api_url}/api/orgs/{quote(org, safe='')}/auditlogs/v2"
+        self._gate.wait(urlsplit(url).path)
         params: dict[str, Any] = {"startTime": start, "endTime": end}
         if continuation_token:
             params["continuationToken"] = continuation_token

@@ -55,6 +55,7 @@ class SettingSpec:
     example: str
     description: str
     secret: bool = False
+    bounds: tuple[int, int] | None = None  # a whole number from the first to the second, both included
 
 
 SETTING_SPECS: tuple[SettingSpec, ...] = (
@@ -122,13 +123,31 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
         "LATE_EVENT_OVERLAP",
         "10m",
         "30m",
-        "How far back each poll re-reads, to catch events the API shows late; repeats are dropped by event id",
+        (
+            "How late an event may show up in the API and still be delivered: the last 4 minutes are re-read "
+            "every run, the rest once, when it is this old; repeats are dropped by event id"
+        ),
     ),
     SettingSpec(
         "RUN_TIME_BUDGET",
         "8m",
         "8m",
         "A run stops cleanly after this long and resumes next run; keep it under host.json functionTimeout",
+    ),
+    SettingSpec(
+        "MAX_PARALLEL_ORGS",
+        "4",
+        "8",
+        "How many orgs a run collects at once (1-32), each on its own lease and cursor",
+        bounds=(1, 32),
+    ),
+    SettingSpec(
+        "BACKFILL_PARALLELISM",
+        "4",
+        "8",
+        "How many lanes (parts of the range, each with its own lease and progress) a backfill of an org "
+        "reads at once (1-16)",
+        bounds=(1, 16),
     ),
 )
 
@@ -155,6 +174,8 @@ class SourceSettings:
     initial_lookback: timedelta
     late_event_overlap: timedelta
     run_time_budget: timedelta
+    max_parallel_orgs: int
+    backfill_parallelism: int
 
 
 @dataclass(frozen=True)
@@ -271,6 +292,14 @@ def load_settings(environ: Mapping[str, str], parts: frozenset[str] = ALL_PARTS)
             problems.append(f"{name} must be greater than zero")
         return value
 
+    def whole_number(name: str) -> int:
+        low, high = _SPECS_BY_NAME[name].bounds
+        text = raw(name)
+        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+            problems.append(f"{name} must be a whole number from {low} to {high}, got {text!r}")
+            return low
+        return int(text)
+
     def url(name: str) -> str:
         value = raw(name).rstrip("/")
         if value and (problem := _url_problem(name, value)):
@@ -314,6 +343,8 @@ def load_settings(environ: Mapping[str, str], parts: frozenset[str] = ALL_PARTS)
             initial_lookback=duration("INITIAL_LOOKBACK"),
             late_event_overlap=duration("LATE_EVENT_OVERLAP"),
             run_time_budget=duration("RUN_TIME_BUDGET"),
+            max_parallel_orgs=whole_number("MAX_PARALLEL_ORGS"),
+            backfill_parallelism=whole_number("BACKFILL_PARALLELISM"),
         )
 
     if "sink" in parts:

@@ -103,6 +103,7 @@ class PageReader:
 
     source: AuditSource
     org: str
+    collection: str
     navigator: Cursor  # a copy of the cursor that walks the windows and tokens ahead of it
     plan: WindowPlan
     deadline: float | None
@@ -111,7 +112,7 @@ class PageReader:
     _thread: threading.Thread | None = None
 
     def start(self) -> PageReader:
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"read-{self.org}")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"read-{self.org}-{self.collection}")
         self._thread.start()
         return self
 
@@ -204,7 +205,7 @@ class Uploader:
         self._records: deque[list] = deque()  # [PageRecord, rows not yet accepted, marks of rows accepted]
         self._delivered_in_part: set[int] = set()  # segments written for a page not complete yet
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"upload-{org}")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"upload-{org}-{name}")
         self._thread.start()
 
     def add(self, rows: Sequence[EncodedRow], marks: Sequence[SegmentEntry], record: PageRecord) -> None:

@@ -402,6 +402,11 @@ class TableStateStore:
         self._entities.transact(org, [_coverage_write(folded, folded_etag), ("delete", _cursor_key(name), etag)])
         self.delete_segments(org, name, [segment.sequence for segment in self.load_segments(org, name)])
 
+    def claim_lanes(self, org: str, lanes: dict[str, Cursor], folded: Coverage, folded_etag: str | None) -> None:
+        """Create new backfill lanes' cursors, if the coverage is still what the plan read."""
+        creates = [("create", {"RowKey": _cursor_key(name), **cursor_entity(cursor)}) for name, cursor in lanes.items()]
+        self._entities.transact(org, [_coverage_write(folded, folded_etag), *creates])
+
     def replace_live(
         self, org: str, cursor: Cursor, etag: str | None, folded: Coverage, folded_etag: str | None
     ) -> None:

@@ -10,6 +10,7 @@ secrets tried, never a value.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,21 +69,31 @@ class KeyVaultTokens:
         self._max_age_seconds = max_age_seconds
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"KeyVaultTokens({self._client.vault_url!r})"
 
     def token_for(self, org: str) -> OrgToken:
-        now = self._clock()
-        cached = self._cache.get(org)
-        if cached is not None and now - cached.read_at < self._max_age_seconds:
-            return cached.token
-        token = self._read(org)
-        self._cache[org] = _Cached(token, now)
-        return token
+        # The lanes of an org ask at once: one of them reads the vault, the others wait for that
+        # read. Each org has its own lock, so a slow vault read for one org holds up no other.
+        with self._lock_of(org):
+            now = self._clock()
+            cached = self._cache.get(org)
+            if cached is not None and now - cached.read_at < self._max_age_seconds:
+                return cached.token
+            token = self._read(org)
+            self._cache[org] = _Cached(token, now)
+            return token
 
     def forget(self, org: str) -> None:
-        self._cache.pop(org, None)
+        with self._lock_of(org):
+            self._cache.pop(org, None)
+
+    def _lock_of(self, org: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(org, threading.Lock())
 
     def _read(self, org: str) -> OrgToken:
         tried: list[str] = []

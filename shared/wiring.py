@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
 
+import requests
 from azure.core.credentials import TokenCredential
+from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableClient
 from azure.keyvault.secrets import SecretClient
 from azure.monitor.ingestion import LogsIngestionClient
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from shared import __version__
 from shared.catalog import default_catalog
@@ -29,7 +33,7 @@ from shared.ingestion_sink import LogsIngestionSink, default_retry_policy
 from shared.logs import quiet_library_logs
 from shared.pipeline import CollectionReport, Collector, run_cycle
 from shared.ports import RowSink, SinkUnavailable, TokenSource
-from shared.pulumi_source import PulumiAuditSource
+from shared.pulumi_source import KEPT_CONNECTIONS, PulumiAuditSource
 from shared.settings import Settings, SinkSettings, load_settings
 from shared.state_store import TableStateStore, table_state_store
 from shared.token_source import EnvironmentToken, KeyVaultTokens
@@ -55,6 +59,22 @@ def azure_credential(settings: Settings) -> TokenCredential:
     return ExplainedCredential(settings.managed_identity_client_id)
 
 
+def azure_transport(**timeouts: float) -> RequestsTransport:
+    """An Azure SDK client's HTTP transport, for a client that several orgs' threads use at once.
+
+    azure-core's own keeps 10 connections per host and opens its session on first use; this one
+    keeps one per thread (up to 32 orgs at once) and is open before any thread uses it. Its
+    adapter never retries: azure-core's retry policy does.
+    """
+    session = requests.Session()
+    adapter = HTTPAdapter(
+        pool_maxsize=KEPT_CONNECTIONS, max_retries=Retry(total=False, redirect=False, raise_on_status=False)
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, **timeouts)
+
+
 def ingestion_sinks(sink: SinkSettings, credential: TokenCredential) -> tuple[LogsIngestionSink, LogsIngestionSink]:
     """The sinks of the DCR's audit stream and of its health stream, sharing one client: one
     connection pool, one token."""
@@ -62,8 +82,9 @@ def ingestion_sinks(sink: SinkSettings, credential: TokenCredential) -> tuple[Lo
         endpoint=sink.logs_ingestion_endpoint,
         credential=credential,
         retry_policy=default_retry_policy(),
-        connection_timeout=INGESTION_CONNECT_TIMEOUT_SECONDS,
-        read_timeout=INGESTION_READ_TIMEOUT_SECONDS,
+        transport=azure_transport(
+            connection_timeout=INGESTION_CONNECT_TIMEOUT_SECONDS, read_timeout=INGESTION_READ_TIMEOUT_SECONDS
+        ),
     )
     enforce_https = urlsplit(sink.logs_ingestion_endpoint).scheme == "https"
     return (
@@ -130,8 +151,9 @@ def token_vault_client(settings: Settings, credential: TokenCredential | None = 
     return SecretClient(
         settings.source.token_vault_url,
         credential or azure_credential(settings),
-        connection_timeout=KEY_VAULT_CONNECT_TIMEOUT_SECONDS,
-        read_timeout=KEY_VAULT_READ_TIMEOUT_SECONDS,
+        transport=azure_transport(
+            connection_timeout=KEY_VAULT_CONNECT_TIMEOUT_SECONDS, read_timeout=KEY_VAULT_READ_TIMEOUT_SECONDS
+        ),
     )
 
 
@@ -150,11 +172,14 @@ def table_stores(
 
     def table(name: str) -> TableClient:
         if store.checkpoint_connection_string is not None:
-            return TableClient.from_connection_string(store.checkpoint_connection_string.reveal(), table_name=name)
+            return TableClient.from_connection_string(
+                store.checkpoint_connection_string.reveal(), table_name=name, transport=azure_transport()
+            )
         return TableClient(
             endpoint=store.checkpoint_table_endpoint,
             table_name=name,
             credential=credential or azure_credential(settings),
+            transport=azure_transport(),
         )
 
     return (
@@ -194,6 +219,7 @@ class Connector:
             int(source.initial_lookback.total_seconds()),
             int(source.late_event_overlap.total_seconds()),
             source.run_time_budget.total_seconds(),
+            source.max_parallel_orgs,
         )
         self.report_health(reports)
         return reports

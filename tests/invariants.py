@@ -276,7 +276,7 @@ class World:
         self._passes: dict[tuple[str, int, int], list[Counter]] = {}
         self._invalid_seen: set[str] = set()
         self._snapshot: dict[str, list[dict[str, Any]]] = {}
-        self._probe_lock = threading.Lock()
+        self._probe_lock = threading.RLock()  # the orgs of a run read and save from their own threads
         self._fetched: dict[str, list[tuple]] = {}  # pages read by the current run, per org
         self._committed: dict[str, int] = {}  # how many of them a save covered
         self._serial = 0
@@ -403,7 +403,8 @@ class World:
 
             def fetch_page(org: str, start: int, end: int, token: str | None) -> AuditPage:
                 page = fetch(org, start, end, token)
-                self._on_page(org, start, end, token, page)
+                with self._probe_lock:
+                    self._on_page(org, start, end, token, page)
                 return page
 
             source.fetch_page = fetch_page
@@ -414,12 +415,17 @@ class World:
 
             def put_and_record(org: str, refused) -> None:
                 put(org, refused)
-                self.dead_lettered_ids.update(str(item.row.get("EventId_s")) for item in refused)
+                with self._probe_lock:
+                    self.dead_lettered_ids.update(str(item.row.get("EventId_s")) for item in refused)
 
             dead_letters.put = put_and_record
             dead_letters._world_probe = True
-        if self._on_save not in collector.progress:
-            collector.progress.append(self._on_save)
+        if self._saved not in collector.progress:
+            collector.progress.append(self._saved)
+
+    def _saved(self, collection: Collection, cursor: Cursor, report: CollectionReport) -> None:
+        with self._probe_lock:  # the orgs of a run save from their own threads
+            self._on_save(collection, cursor, report)
 
     # -- the checkpoint probes --------------------------------------------------------------------
 

@@ -104,6 +104,7 @@ def big_history(w: World, count: int, start_ago: int, end_ago: int) -> list[dict
 
 def backfill_killed_then_resumed(hold: Callable[[World], Callable[[], bool]], duplicates: bool):
     def play(w: World) -> None:
+        w.deployment.extra["BACKFILL_PARALLELISM"] = "1"  # one lane, so the kill lands in it
         big_history(w, 50, 3 * DAY - 600, 2 * DAY + 600)
         reached = hold(w)
         kill_when(w, reached, "backfill", "--since", "3d")

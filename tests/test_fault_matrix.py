@@ -644,6 +644,24 @@ def runs_started_at_once(count: int):
     return play
 
 
+def one_org_failing_while_three_run(w: World) -> None:
+    """Four orgs run at once (MAX_PARALLEL_ORGS) and the API keeps failing for one of them: that
+    org fails alone, naming itself, while the three others are caught up in the same run; the
+    next run catches the fourth up too."""
+    w.deployment.orgs = ("acme", "globex", "initech", "umbrella")
+    for index, org in enumerate(w.orgs):
+        w.seed(30, seed=index + 1, org=org)
+    w.api.faults.add(Fault.respond(503, match=lambda request: "/initech/" in request.path, times=None))
+    w.run()
+    assert w.statuses[-1] == "ok/ok/failed/ok"
+    [failed] = [report for report in w.reports if report.failed]
+    assert "answered 503 for org 'initech'" in failed.error and w.deployment.checkpoint("initech") is None
+    for org in ("acme", "globex", "umbrella"):
+        assert w.deployment.checkpoint(org).window is None, org
+    w.api.faults.clear()
+    w.run()
+
+
 def checkpoint_storage_unreachable(w: World) -> None:
     """Table Storage unreachable: the run fails before sending anything, naming the org's state."""
     w.seed()
@@ -780,6 +798,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("a-concurrent-first-run-is-skipped", a_concurrent_first_run_is_skipped),
     Scenario("two-runs-started-at-once", runs_started_at_once(2)),
     Scenario("three-runs-started-at-once", runs_started_at_once(3)),
+    Scenario("one-org-failing-while-three-run-at-once", one_org_failing_while_three_run),
     Scenario("state-in-an-unknown-format-version", state_in_an_unknown_format_version),
     Scenario("checkpoint-storage-unreachable", checkpoint_storage_unreachable),
     Scenario(

@@ -329,6 +329,7 @@ def test_a_backfill_sends_one_backfill_row_per_lane(deployment):
 
 def test_a_backfill_lane_another_run_holds_gets_a_skipped_backfill_row(deployment):
     since, until = NOW - 10 * 86400, NOW - 9 * 86400
+    deployment.extra["BACKFILL_PARALLELISM"] = "1"  # the range is one lane
     deployment.pulumi_api.add_events("acme", simulate_events("acme", since, until - 1, 20, seed=4))
     deployment.state().acquire_lease("acme", lane_name(since, until), "other-host:42:abc", int(time.time()), 120)
     result = deployment.run_cli("backfill", "--since", str(since), "--until", str(until))

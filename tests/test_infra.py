@@ -722,6 +722,18 @@ def test_app_settings_pass_the_deployment_parameters():
         assert parameter in parameters
 
 
+def test_the_parallelism_settings_come_from_int_parameters_with_the_codes_bounds_and_defaults():
+    settings = im.app_settings()
+    parameters = main_tree()["parameters"]
+    for name, parameter in (("MAX_PARALLEL_ORGS", "maxParallelOrgs"), ("BACKFILL_PARALLELISM", "backfillParallelism")):
+        spec = next(spec for spec in SETTING_SPECS if spec.name == name)
+        assert settings[name] == {"function": {"type": "string", "parameters": {"value_to_convert": parameter}}}
+        declared = parameters[parameter]
+        decorators = {decorator["type"]: decorator.get("argument") for decorator in declared["decorators"]}
+        assert declared["type"] == "int" and str(declared["default"]) == spec.default, name
+        assert (decorators["min_value"], decorators["max_value"]) == spec.bounds, name
+
+
 def test_parameter_defaults_are_values_the_code_accepts():
     from shared.settings import parse_duration
 

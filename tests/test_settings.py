@@ -79,6 +79,22 @@ def test_health_rows_cannot_share_the_audit_stream():
     assert problem.startswith("DCR_STREAM_NAME and DCR_HEALTH_STREAM_NAME must differ")
 
 
+def test_orgs_and_backfill_lanes_run_four_at_once_by_default():
+    source = load_settings(VALID).source
+    assert (source.max_parallel_orgs, source.backfill_parallelism) == (4, 4)
+    source = load_settings({**VALID, "MAX_PARALLEL_ORGS": "32", "BACKFILL_PARALLELISM": "1"}).source
+    assert (source.max_parallel_orgs, source.backfill_parallelism) == (32, 1)
+
+
+@pytest.mark.parametrize("value", ["0", "33", "four", "-1", "2.5"])
+def test_a_parallelism_out_of_its_bounds_is_named_with_the_bounds(value):
+    problems = problems_of({**VALID, "MAX_PARALLEL_ORGS": value, "BACKFILL_PARALLELISM": "17"})
+    assert problems == (
+        f"MAX_PARALLEL_ORGS must be a whole number from 1 to 32, got {value!r}",
+        "BACKFILL_PARALLELISM must be a whole number from 1 to 16, got '17'",
+    )
+
+
 @pytest.mark.parametrize("name", ["PULUMI_API_URL", "LOGS_INGESTION_ENDPOINT", "CHECKPOINT_TABLE_ENDPOINT"])
 def test_plain_http_is_refused_except_for_loopback(name):
     assert any("must use https://" in problem for problem in problems_of({**VALID, name: "http://example.com"}))
