@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -45,7 +46,7 @@ from shared.ports import AuditPage, LeaseHeld
 from shared.standins import simulate_events
 from shared.transform import InvalidEvent, event_id, normalize
 from shared.wiring import Connector
-from tests.harness import Deployment
+from tests.harness import Deployment, start_cli
 
 ORG = "acme"
 # Unique per test session: if one of these shows up anywhere but on the wire to its own
@@ -636,3 +637,19 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         pause.wait(0.01)
+
+
+def kill_cli_when(deployment: Deployment, reached: Callable[[], bool], *args: str, what: str) -> str:
+    """Start `python -m shared ARGS`, SIGKILL it as soon as `reached()`; its output."""
+    process = start_cli(deployment, *args)
+    try:
+        wait_until(lambda: reached() or process.poll() is not None, timeout=30, what=what)
+        assert process.poll() is None, f"{args[0]} ended before {what}: {process.communicate()}"
+        process.send_signal(signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    return stdout + stderr

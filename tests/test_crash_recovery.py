@@ -10,7 +10,6 @@ the test kills the child as soon as that request has arrived.
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +18,12 @@ import pytest
 
 from shared.pipeline import LEASE_SECONDS
 from shared.standins import Fault
-from tests.harness import start_cli
 from tests.invariants import (
     CANARY_MONITOR_TOKEN,
     CANARY_PULUMI_TOKEN,
     World,
+    kill_cli_when,
     record_figures,
-    wait_until,
 )
 
 HOLD = 30  # seconds a held request waits; far longer than any test, never actually waited out
@@ -150,18 +148,7 @@ KILL_POINTS = [
 
 def kill_mid_run(w: World, point: KillPoint) -> str:
     """Start `python -m shared run`, SIGKILL it when the kill point is reached; its output."""
-    process = start_cli(w.deployment, "run")
-    try:
-        wait_until(lambda: point.reached(w) or process.poll() is not None, timeout=30, what=point.name)
-        assert process.poll() is None, f"the run ended before {point.name}: {process.communicate()}"
-        process.send_signal(signal.SIGKILL)
-        stdout, stderr = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=10)
-    assert process.returncode == -signal.SIGKILL
-    return stdout + stderr
+    return kill_cli_when(w.deployment, lambda: point.reached(w), "run", what=point.name)
 
 
 @pytest.mark.faults

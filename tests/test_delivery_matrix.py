@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import threading
 import time
 from collections import Counter
@@ -24,8 +23,8 @@ from azure.data.tables import TableClient
 from shared.delivery import LIVE
 from shared.pipeline import LEASE_SECONDS
 from shared.standins import Fault, simulate_events
-from tests.harness import expected_ids, start_cli, write_v1_live_checkpoint
-from tests.invariants import ORG, Scenario, World, play_and_check, row_id, wait_until
+from tests.harness import expected_ids, write_v1_live_checkpoint
+from tests.invariants import ORG, Scenario, World, kill_cli_when, play_and_check, row_id
 
 DAY = 86400
 HOLD = 30  # seconds a held request waits; far longer than any test, never actually waited out
@@ -43,19 +42,9 @@ def history(w: World, count: int, start_ago: int, end_ago: int, seed: int = 5) -
 
 def kill_when(w: World, reached: Callable[[], bool], *args: str) -> None:
     """Start `python -m shared ARGS` and SIGKILL it once `reached()`; the kill joins the statuses."""
-    process = start_cli(w.deployment, *args)
-    try:
-        wait_until(lambda: reached() or process.poll() is not None, timeout=30, what=f"{args[0]} to reach the kill")
-        assert process.poll() is None, f"{args[0]} ended before the kill: {process.communicate()}"
-        process.send_signal(signal.SIGKILL)
-        stdout, stderr = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=10)
-    assert process.returncode == -signal.SIGKILL
+    output = kill_cli_when(w.deployment, reached, *args, what=f"{args[0]} to reach the kill")
     w.statuses.append("SIGKILL")
-    w.texts += [stdout, stderr]
+    w.texts.append(output)
 
 
 def lanes(w: World) -> dict:
