@@ -27,12 +27,10 @@ from azure.core.pipeline.policies import RetryPolicy
 from azure.monitor.ingestion import LogsIngestionClient
 
 from shared.identity import APP_REGISTRATION
-from shared.ports import EncodedRow, RefusedRow, SinkUnavailable
+from shared.ports import MAX_BODY_BYTES, EncodedRow, RefusedRow, SinkUnavailable
 
 log = logging.getLogger("shared.ingestion_sink")
 
-# The service limit is 1 MB per call, uncompressed; stay a little below it.
-MAX_BODY_BYTES = 1_000_000
 # zlib's default level, the one the SDK gzips its own bodies with.
 GZIP_LEVEL = 6
 RETRIED_METHODS = frozenset({"POST", "GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})

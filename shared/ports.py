@@ -63,6 +63,9 @@ class TokenSource(Protocol):
 
 # -- the Logs Ingestion sink -----------------------------------------------------------------------
 
+# Logs Ingestion takes at most 1 MB per call, uncompressed; a request stays a little below it.
+MAX_BODY_BYTES = 1_000_000
+
 
 @dataclass(frozen=True)
 class EncodedRow:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.cursor import Cursor, LedgerSegment, SegmentEntry, Window, WindowPlan
-from shared.ingestion_sink import MAX_BODY_BYTES
 from shared.ports import (
+    MAX_BODY_BYTES,
     AuditPage,
     AuditSource,
     ContinuationTokenRejected,
