@@ -4,10 +4,15 @@ DefaultAzureCredential fails with a multi-line list of every credential it tried
 were never meant to work here. Every client (Logs Ingestion, both tables) reports what this
 credential raises, so it raises one line instead: that no token came, and the setting to fix.
 The full list stays in the DEBUG log of azure.identity (see shared/logs.py).
+
+It also asks for one token at a time. Every org's thread meets an expired token together; one
+request fetches it and the others then find it in azure-identity's cache, where sixteen at once
+would each open a connection to the identity endpoint (which limits concurrent requests).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
@@ -39,19 +44,22 @@ class ExplainedCredential:
             else DefaultAzureCredential()
         )
         self._what_to_fix = _what_to_fix(managed_identity_client_id)
+        self._one_request_at_a_time = threading.Lock()
 
     def __repr__(self) -> str:
         return "ExplainedCredential(DefaultAzureCredential)"
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         try:
-            return self._credential.get_token(*scopes, **kwargs)
+            with self._one_request_at_a_time:
+                return self._credential.get_token(*scopes, **kwargs)
         except ClientAuthenticationError:
             raise self._failure(scopes) from None
 
     def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
         try:
-            return self._credential.get_token_info(*scopes, options=options)
+            with self._one_request_at_a_time:
+                return self._credential.get_token_info(*scopes, options=options)
         except ClientAuthenticationError:
             raise self._failure(scopes) from None
 

@@ -200,8 +200,9 @@ def test_a_failing_org_gets_a_failed_row_with_its_error_next_to_the_ok_orgs(depl
 
 
 def test_rows_the_service_refused_show_as_dead_lettered(deployment):
-    events = seed(deployment, "acme", 10)
-    poison = events[3]["description"]
+    events = simulate_events("acme", NOW - 3000, NOW - 120, 10, seed=1)
+    poison = events[3]["description"] = "the one description the service refuses"
+    deployment.pulumi_api.add_events("acme", events)
     deployment.ingestion.reject_rows(lambda row: row.get("Description_s") == poison)
     [report] = deployment.connector().run_once()
     [row] = health_of(deployment)

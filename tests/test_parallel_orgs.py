@@ -101,7 +101,21 @@ def test_sixteen_orgs_at_once_keep_every_connection_to_each_service(deployment, 
     # The first request of each org to each service is answered late, so all sixteen are open at once.
     deployment.pulumi_api.faults.add(Fault.delay(0.3, times=16))
     deployment.ingestion.faults.add(Fault.delay(0.3, times=16))
+    deployment.managed_identity.faults.add(Fault.delay(0.3, times=16))
     with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"):
         reports = deployment.connector().run_once()
     assert [report.status for report in reports] == ["ok"] * 16
     assert [record.getMessage() for record in caplog.records if "pool is full" in record.getMessage()] == []
+
+
+def test_sixteen_orgs_meeting_no_token_ask_the_identity_endpoint_once(deployment):
+    """The identity endpoint limits concurrent requests: the orgs wait for one token, not sixteen."""
+    deployment.orgs = tuple(f"org{index:02d}" for index in range(16))
+    deployment.extra["MAX_PARALLEL_ORGS"] = "16"
+    now = int(time.time())
+    for index, org in enumerate(deployment.orgs):
+        deployment.pulumi_api.add_events(org, simulate_events(org, now - 3000, now - 120, 5, seed=index + 1))
+    deployment.managed_identity.faults.add(Fault.delay(0.3, times=16))
+    reports = deployment.connector().run_once()
+    assert [report.status for report in reports] == ["ok"] * 16
+    assert deployment.managed_identity.resources == ["https://monitor.azure.com"]
