@@ -13,7 +13,9 @@ steady polling does not read every event eleven times:
   it was already that old (a catch-up) needs no second read.
 
 Pages of a window are followed by continuation token, and the token is saved with
-every page, so a run that stops resumes mid-window.
+every page, so a run that stops resumes mid-window. The ledger holds every event of the
+window being read, so a window is sized to hold about WINDOW_EVENTS at the density of the
+one before it: a denser backlog gets shorter windows, not more memory.
 
 The API has no event id and may return identical events in the same second, so the
 ledger counts, per event identity, how many were sent and how many this pass over the
@@ -45,9 +47,16 @@ RECENT_REREAD_SECONDS = 240
 # up. So an event that shows up at most that late is delivered at most LATE_EVENT_OVERLAP + 2
 # minutes after its time, and a run reads about 6 minutes of events per minute of new ones.
 REREAD_BAND_SECONDS = 60
+# About how many events a window holds: its ledger (some 230 bytes an event) is in memory while
+# it is read, and a window ends with a part-filled page.
+WINDOW_EVENTS = 10_000
+# A collection's first window, before any density is known: an hour, as long as a live window
+# may be, where a backfill's day of a busy org would not fit in memory. Each window after it is
+# sized to WINDOW_EVENTS, and at most twice as long as the one before.
+FIRST_WINDOW_SECONDS = 3600
 
 
-@dataclass
+@dataclass(slots=True)
 class LedgerEntry:
     timestamp: int
     sent: int = 0
@@ -122,6 +131,8 @@ class Cursor:
     pass_number: int = 0
     next_segment: int = 0
     unsettled: Coverage = field(default_factory=Coverage)  # time read before the overlap had passed over it
+    span: int = FIRST_WINDOW_SECONDS  # how long the next window of new time may be (at most the plan's max_span)
+    window_fetched: int = 0  # events the API returned in this pass over the window
     ledger: dict[bytes, LedgerEntry] = field(default_factory=dict)
     # Digests of the continuation tokens this pass handed out, so a token that comes back
     # (a paging loop) is caught, even after a restart.
@@ -186,14 +197,19 @@ class Cursor:
             self.window = band
             self.restart_window()
             return True
-        end = min(plan.end_limit, self.watermark + plan.max_span)
+        # Time before a settled watermark was read once it had the whole overlap to show up, or
+        # else it is unsettled and its band is read again: the recent re-read would find nothing.
+        settled = plan.recent < plan.overlap and self.watermark <= plan.settled_before
+        start = self.watermark if settled else max(self.origin, self.watermark - recent)
+        sized = max(self.watermark + MIN_NEW_SECONDS, start + self.span)
+        end = min(plan.end_limit, self.watermark + plan.max_span, sized)
         if self.until is not None:
             end = min(end, self.until)
             if end <= self.watermark:
                 return False
         elif end - self.watermark < MIN_NEW_SECONDS:
             return False
-        self.window = Window(start=max(self.origin, self.watermark - recent), end=end)
+        self.window = Window(start=start, end=end)
         self.restart_window()
         return True
 
@@ -201,6 +217,7 @@ class Cursor:
         """Read the current window from its first page (again, if its token was refused)."""
         self.pass_number += 1
         self.continuation_token = None
+        self.window_fetched = 0
         self.window_tokens.clear()
         for entry in self.ledger.values():
             entry.seen_in_window = 0
@@ -224,17 +241,19 @@ class Cursor:
         page[2] = entry.sent
         return entry.seen_in_window
 
-    def finish_page(self, next_token: str | None, plan: WindowPlan) -> None:
-        """Record a page as handled; the last page of a window moves the watermark (or the re-read mark)."""
+    def finish_page(self, next_token: str | None, plan: WindowPlan, fetched: int) -> None:
+        """Record a page of `fetched` events as handled; the last page of a window moves the
+        watermark (or the re-read mark)."""
         if next_token:
             self._page_tokens.append(token_digest(next_token))
-        self.follow(next_token, plan)
+        self.follow(next_token, plan, fetched)
         if self.window is None:
             horizon = self.horizon(plan)
             self.ledger = {key: entry for key, entry in self.ledger.items() if entry.timestamp >= horizon}
 
-    def follow(self, next_token: str | None, plan: WindowPlan) -> None:
-        """Move to the next page: the one `next_token` names, or past the end of the window."""
+    def follow(self, next_token: str | None, plan: WindowPlan, fetched: int) -> None:
+        """Move past a page of `fetched` events: to the one `next_token` names, or past the end of the window."""
+        self.window_fetched += fetched
         if next_token:
             self.continuation_token = next_token
             self.window_tokens.add(token_digest(next_token))
@@ -245,6 +264,7 @@ class Cursor:
             self.unsettled = self.unsettled.without(window.start, window.end)
         else:
             self.watermark = window.end
+            self.span = next_span(window, self.window_fetched)
             # What this window read once it had the whole overlap to show up is settled; the rest
             # of what it read beyond the recent re-read waits for its band.
             settled = min(window.end, max(window.start, plan.settled_before))
@@ -252,6 +272,7 @@ class Cursor:
                 self.unsettled = self.unsettled.without(window.start, settled).union([(settled, window.end)])
         self.window = None
         self.continuation_token = None
+        self.window_fetched = 0
         self.window_tokens.clear()
 
     def take_segment(self) -> LedgerSegment | None:
@@ -299,6 +320,7 @@ class Cursor:
             until=self.until,
             pass_number=self.pass_number + 1,
             next_segment=self.next_segment,
+            span=self.span,
         )
 
     def snapshot(self) -> Cursor:
@@ -312,16 +334,25 @@ class Cursor:
             pass_number=self.pass_number,
             next_segment=self.next_segment,
             unsettled=self.unsettled,
+            span=self.span,
         )
 
     def navigator(self) -> Cursor:
         """A copy that walks the same windows and tokens, for reading pages ahead of this cursor."""
         ahead = self.snapshot()
         ahead.window_tokens = set(self.window_tokens)
+        ahead.window_fetched = self.window_fetched
         return ahead
 
     def lag_seconds(self, now: int) -> int:
         return max(0, now - self.watermark)
+
+
+def next_span(window: Window, fetched: int) -> int:
+    """How long a window holding about WINDOW_EVENTS would be, at the density `window` had: at
+    most twice as long as it, since a window resumed mid-way counted only part of its events."""
+    length = window.end - window.start
+    return max(MIN_NEW_SECONDS, min(2 * length, length * WINDOW_EVENTS // max(1, fetched)))
 
 
 def token_digest(token: str) -> bytes:

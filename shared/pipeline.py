@@ -304,7 +304,7 @@ class Collector:
                 report.pages += 1
                 report.fetched += len(item.page.events)
                 rows, marks, invalid = self._rows_of_page(collection, cursor, item.page, report)
-                cursor.finish_page(item.page.next_token, collection.plan)
+                cursor.finish_page(item.page.next_token, collection.plan, len(item.page.events))
                 uploader.add(rows, marks, self._record(collection, cursor, invalid, len(rows), report.pages))
         finally:
             reader.stop()

@@ -158,7 +158,7 @@ class PageReader:
                 return
             if not self._handover.put(FetchedPage(window, page), lambda: False):
                 return
-            navigator.follow(page.next_token, self.plan)
+            navigator.follow(page.next_token, self.plan, len(page.events))
 
 
 # -- filling requests and saving -------------------------------------------------------------------

@@ -36,7 +36,7 @@ from azure.core.exceptions import (
 from azure.data.tables import EdmType, EntityProperty, TableClient, TableTransactionError, UpdateMode
 
 from shared.coverage import Coverage
-from shared.cursor import DIGEST_KEY_BYTES, Cursor, LedgerSegment, SegmentEntry, Window
+from shared.cursor import DIGEST_KEY_BYTES, FIRST_WINDOW_SECONDS, Cursor, LedgerSegment, SegmentEntry, Window
 from shared.delivery import LIVE, Lease, OrgState, StoredCursor
 from shared.ports import LeaseHeld, StateConflict, StateFormatUnknown, StateUnavailable
 from shared.storage import TableOnFirstUse, describe_azure_error
@@ -86,6 +86,7 @@ def cursor_entity(cursor: Cursor) -> Entity:
         "ContinuationToken": cursor.continuation_token,
         "Pass": cursor.pass_number,
         "NextSegment": cursor.next_segment,
+        "WindowSpan": cursor.span,
     }
 
 
@@ -104,6 +105,7 @@ def cursor_from_entity(org: str, entity: Entity) -> Cursor:
             pass_number=int(entity["Pass"]),
             next_segment=int(entity["NextSegment"]),
             unsettled=Coverage.of(tuple(r) for r in json.loads(entity["Unsettled"])),
+            span=int(entity.get("WindowSpan") or FIRST_WINDOW_SECONDS),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise StateUnavailable(

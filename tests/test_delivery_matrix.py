@@ -94,7 +94,7 @@ def big_history(w: World, count: int, start_ago: int, end_ago: int) -> list[dict
 def backfill_killed_then_resumed(hold: Callable[[World], Callable[[], bool]], duplicates: bool):
     def play(w: World) -> None:
         w.deployment.extra["BACKFILL_PARALLELISM"] = "1"  # one lane, so the kill lands in it
-        big_history(w, 50, 3 * DAY - 600, 2 * DAY + 600)
+        big_history(w, 50, 3 * DAY - 600, 3 * DAY - 3000)  # all in the lane's first window, an hour long
         reached = hold(w)
         kill_when(w, reached, "backfill", "--since", "3d")
         landed_at_kill = len(w.rows())

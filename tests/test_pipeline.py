@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 
 import pytest
 
 from shared.catalog import default_catalog
+from shared.cursor import FIRST_WINDOW_SECONDS
 from shared.delivery import LIVE, lane_name
 from shared.ingestion_sink import MAX_BODY_BYTES
 from shared.pipeline import (
@@ -320,6 +322,42 @@ def test_the_ledger_holds_only_the_overlap_and_the_open_window_whatever_was_sent
     assert len(world.sink.rows) == len(backlog)
     # what the last window and the overlap hold: a live window spans at most an hour
     assert len(remembered) <= (LIVE_MAX_WINDOW_SECONDS + OVERLAP) // 2 < len(backlog) // 2
+
+
+def windows_read(source: FakeAuditSource) -> list[tuple[int, int]]:
+    """The windows the source was asked for, in order, each once (the API's end is inclusive)."""
+    return list(dict.fromkeys((start, end + 1) for _, start, end, _ in source.calls))
+
+
+def test_a_dense_backlog_is_read_in_windows_of_about_window_events(world, monkeypatch):
+    monkeypatch.setattr("shared.cursor.WINDOW_EVENTS", 200)
+    world.source.page_size = 50
+    backlog = range(NOW - LOOKBACK, NOW - OVERLAP, 2)  # an event every 2 s
+    world.source.add("acme", *[event(timestamp, description=f"e{timestamp}") for timestamp in backlog])
+    [report] = world.run()
+    assert report.status == "ok" and len(world.sink.rows) == len(backlog)
+    first, *later = [window for window in windows_read(world.source) if window[1] <= backlog.stop]
+    assert first[1] - first[0] == FIRST_WINDOW_SECONDS
+    held = [sum(1 for timestamp in backlog if start <= timestamp < end) for start, end in later]
+    assert len(held) >= 10 and all(200 // 2 <= count <= 2 * 200 for count in held)
+
+
+def test_a_sparse_backlog_is_read_in_windows_twice_as_long_as_the_one_before(world):
+    old = NOW - 30 * 86400
+    world.source.add("acme", *[event(old + index * 7200, description=f"old{index}") for index in range(48)])
+    backfill(world, old, old + 4 * 86400)
+    spans = [end - start for start, end in windows_read(world.source)]
+    assert spans[:6] == [FIRST_WINDOW_SECONDS * 2**step for step in range(5)] + [86400]
+
+
+def test_a_catch_up_reads_settled_time_once_in_windows_that_tile_it(world):
+    world.source.page_size = 50
+    backlog = range(NOW - LOOKBACK, NOW - SETTLE_DELAY_SECONDS, 2)
+    world.source.add("acme", *[event(timestamp, description=f"e{timestamp}") for timestamp in backlog])
+    world.run()
+    settled = [window for window in windows_read(world.source) if window[1] <= NOW - OVERLAP]
+    assert len(settled) >= 2
+    assert all(later[0] == earlier[1] for earlier, later in pairwise(settled))
 
 
 def test_a_rerun_backfill_sends_nothing(world):

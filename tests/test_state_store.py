@@ -35,6 +35,7 @@ def busy_cursor() -> Cursor:
         continuation_token="eyJvZmZzZXQiOjEwMH0=",
         pass_number=3,
         next_segment=7,
+        span=1234,
     )
 
 
