@@ -47,7 +47,7 @@ RECENT_REREAD_SECONDS = 240
 # up. So an event that shows up at most that late is delivered at most LATE_EVENT_OVERLAP + 2
 # minutes after its time, and a run reads about 6 minutes of events per minute of new ones.
 REREAD_BAND_SECONDS = 60
-# About how many events a window holds: its ledger (some 230 bytes an event) is in memory while
+# About how many events a window holds: its ledger (some 120 bytes an event) is in memory while
 # it is read, and a window ends with a part-filled page.
 WINDOW_EVENTS = 10_000
 # A collection's first window, before any density is known: an hour, as long as a live window
@@ -56,11 +56,19 @@ WINDOW_EVENTS = 10_000
 FIRST_WINDOW_SECONDS = 3600
 
 
-@dataclass(slots=True)
-class LedgerEntry:
-    timestamp: int
-    sent: int = 0
-    seen_in_window: int = 0
+# A ledger entry is one int: the event's time, how many copies of it were sent, and how many this
+# pass over the window saw, 16 bits a count. The ledger is the largest thing a run holds, and an
+# object with three fields would take 50 bytes an event more.
+_COUNT_BITS = 16
+_COUNT_MAX = (1 << _COUNT_BITS) - 1
+
+
+def _ledger_entry(timestamp: int, sent: int, seen: int) -> int:
+    return timestamp << 2 * _COUNT_BITS | min(sent, _COUNT_MAX) << _COUNT_BITS | min(seen, _COUNT_MAX)
+
+
+def _entry_timestamp(entry: int) -> int:
+    return entry >> 2 * _COUNT_BITS
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,7 @@ class Cursor:
     unsettled: Coverage = field(default_factory=Coverage)  # time read before the overlap had passed over it
     span: int = FIRST_WINDOW_SECONDS  # how long the next window of new time may be (at most the plan's max_span)
     window_fetched: int = 0  # events the API returned in this pass over the window
-    ledger: dict[bytes, LedgerEntry] = field(default_factory=dict)
+    ledger: dict[bytes, int] = field(default_factory=dict)  # event key -> _ledger_entry
     # Digests of the continuation tokens this pass handed out, so a token that comes back
     # (a paging loop) is caught, even after a restart.
     window_tokens: set[bytes] = field(default_factory=set)
@@ -176,10 +184,10 @@ class Cursor:
             for item in segment.entries:
                 if item.timestamp < horizon:
                     continue
-                entry = self.ledger.setdefault(item.key, LedgerEntry(timestamp=item.timestamp))
-                entry.sent = max(entry.sent, item.sent)
-                if current:
-                    entry.seen_in_window += item.seen
+                entry = self.ledger.get(item.key, _ledger_entry(item.timestamp, 0, 0))
+                sent, seen = entry >> _COUNT_BITS & _COUNT_MAX, entry & _COUNT_MAX
+                seen = seen + item.seen if current else seen
+                self.ledger[item.key] = _ledger_entry(_entry_timestamp(entry), max(sent, item.sent), seen)
             if current:
                 self.window_tokens.update(segment.tokens)
 
@@ -219,8 +227,7 @@ class Cursor:
         self.continuation_token = None
         self.window_fetched = 0
         self.window_tokens.clear()
-        for entry in self.ledger.values():
-            entry.seen_in_window = 0
+        self.ledger = {key: entry >> _COUNT_BITS << _COUNT_BITS for key, entry in self.ledger.items()}
 
     def is_repeated_token(self, token: str) -> bool:
         """Whether this pass already handed out `token`: following it would read pages twice."""
@@ -231,15 +238,16 @@ class Cursor:
         key = digest[:DIGEST_KEY_BYTES]
         entry = self.ledger.get(key)
         if entry is None:
-            entry = self.ledger[key] = LedgerEntry(timestamp=timestamp)
-        entry.seen_in_window += 1
+            entry = _ledger_entry(timestamp, 0, 0)
+        sent, seen = entry >> _COUNT_BITS & _COUNT_MAX, (entry & _COUNT_MAX) + 1
         page = self._page_entries.setdefault(key, [timestamp, 0, 0])
         page[1] += 1
-        if entry.seen_in_window <= entry.sent:
+        if seen <= sent:
+            self.ledger[key] = _ledger_entry(_entry_timestamp(entry), sent, seen)
             return None
-        entry.sent = entry.seen_in_window
-        page[2] = entry.sent
-        return entry.seen_in_window
+        self.ledger[key] = _ledger_entry(_entry_timestamp(entry), seen, seen)
+        page[2] = seen
+        return seen
 
     def finish_page(self, next_token: str | None, plan: WindowPlan, fetched: int) -> None:
         """Record a page of `fetched` events as handled; the last page of a window moves the
@@ -249,7 +257,7 @@ class Cursor:
         self.follow(next_token, plan, fetched)
         if self.window is None:
             horizon = self.horizon(plan)
-            self.ledger = {key: entry for key, entry in self.ledger.items() if entry.timestamp >= horizon}
+            self.ledger = {key: entry for key, entry in self.ledger.items() if _entry_timestamp(entry) >= horizon}
 
     def follow(self, next_token: str | None, plan: WindowPlan, fetched: int) -> None:
         """Move past a page of `fetched` events: to the one `next_token` names, or past the end of the window."""
