@@ -91,13 +91,18 @@ def test_no_more_orgs_run_at_once_than_max_parallel_orgs_and_reports_keep_the_or
     assert len(sink.rows) == 72
 
 
-def test_sixteen_orgs_at_once_keep_every_connection_to_each_service(deployment, caplog):
-    """Each client keeps a connection per thread: no connection is opened only to be thrown away."""
+def sixteen_orgs_at_once(deployment) -> None:
+    """Sixteen orgs of five events each, all collected at once."""
     deployment.orgs = tuple(f"org{index:02d}" for index in range(16))
     deployment.extra["MAX_PARALLEL_ORGS"] = "16"
     now = int(time.time())
     for index, org in enumerate(deployment.orgs):
         deployment.pulumi_api.add_events(org, simulate_events(org, now - 3000, now - 120, 5, seed=index + 1))
+
+
+def test_sixteen_orgs_at_once_keep_every_connection_to_each_service(deployment, caplog):
+    """Each client keeps a connection per thread: no connection is opened only to be thrown away."""
+    sixteen_orgs_at_once(deployment)
     # The first request of each org to each service is answered late, so all sixteen are open at once.
     deployment.pulumi_api.faults.add(Fault.delay(0.3, times=16))
     deployment.ingestion.faults.add(Fault.delay(0.3, times=16))
@@ -110,11 +115,7 @@ def test_sixteen_orgs_at_once_keep_every_connection_to_each_service(deployment, 
 
 def test_sixteen_orgs_meeting_no_token_ask_the_identity_endpoint_once(deployment):
     """The identity endpoint limits concurrent requests: the orgs wait for one token, not sixteen."""
-    deployment.orgs = tuple(f"org{index:02d}" for index in range(16))
-    deployment.extra["MAX_PARALLEL_ORGS"] = "16"
-    now = int(time.time())
-    for index, org in enumerate(deployment.orgs):
-        deployment.pulumi_api.add_events(org, simulate_events(org, now - 3000, now - 120, 5, seed=index + 1))
+    sixteen_orgs_at_once(deployment)
     deployment.managed_identity.faults.add(Fault.delay(0.3, times=16))
     reports = deployment.connector().run_once()
     assert [report.status for report in reports] == ["ok"] * 16
