@@ -28,10 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -50,14 +47,10 @@ from shared.ports import EncodedRow, RefusedRow
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Secret
 from shared.standins import PulumiAuditApiStandIn, simulate_events
+from shared.standins.azurite import AzuriteUnavailable, running_azurite
 from shared.state_store import TableStateStore, cursor_entity, segment_entity, table_state_store
 from shared.token_source import EnvironmentToken
 
-REPO = Path(__file__).resolve().parent.parent
-AZURITE_SCRIPT = REPO / "tools" / "azurite" / "node_modules" / "azurite" / "dist" / "src" / "table" / "main.js"
-# Azurite's well-known development account and key (public, not a secret).
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 TOKEN = "pul-bench-token"
 ORG = "acme"
 DAY = 86400
@@ -71,50 +64,12 @@ REPEATS = 3
 
 @contextlib.contextmanager
 def azurite() -> Iterator[str]:
-    """Azurite's table service on a free loopback port, in memory; its connection string. The node
-    process itself is started (no npx, no shell), so the PID stopped at the end is the one serving."""
-    node = shutil.which("node")
-    if node is None or not AZURITE_SCRIPT.is_file():
-        raise SystemExit(f"Azurite cannot start: install it with `cd tools/azurite && npm ci` ({AZURITE_SCRIPT})")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(
-            [
-                node,
-                str(AZURITE_SCRIPT),
-                *("--tableHost", "127.0.0.1", "--tablePort", str(port)),
-                *("--inMemoryPersistence", "--silent", "--disableTelemetry"),
-            ],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            _wait_until_listening(process, port)
-            yield (
-                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-                f"TableEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
-            )
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-def _wait_until_listening(process: subprocess.Popen, port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.25):
-            return
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"Azurite did not listen on 127.0.0.1:{port}")
-        time.sleep(0.05)
+    """Azurite's connection string while the block runs; if it cannot start, an exit that says why."""
+    try:
+        with running_azurite() as service:
+            yield service.connection_string
+    except AzuriteUnavailable as error:
+        raise SystemExit(str(error)) from None
 
 
 def wire_bytes(entity: dict[str, Any]) -> int:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
+import contextlib
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,16 +24,7 @@ from shared.standins import (  # noqa: E402
     ManagedIdentityEndpointStandIn,
     PulumiAuditApiStandIn,
 )
-
-# `no_real_sleep` replaces time.sleep for every test; fixtures that must really wait use this.
-_real_sleep = time.sleep
-
-AZURITE_DIR = ROOT / "tools" / "azurite"
-AZURITE_TABLE_SCRIPT = AZURITE_DIR / "node_modules" / "azurite" / "dist" / "src" / "table" / "main.js"
-AZURITE_ACCOUNT = "devstoreaccount1"
-# The well-known, public development key of Azurite's default account (not a secret).
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-AZURITE_START_TIMEOUT = 30.0
+from shared.standins.azurite import AzuriteNotInstalled, AzuriteUnavailable, running_azurite  # noqa: E402
 
 PULUMI_TEST_TOKEN = "pul-test-token"
 CREDENTIAL_ENV_VARS = (
@@ -108,103 +96,25 @@ def no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 # -- Azurite ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Azurite:
-    port: int
-    process: subprocess.Popen
-    account_name: str = AZURITE_ACCOUNT
-    account_key: str = AZURITE_KEY
-    connection_string: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.connection_string = (
-            f"DefaultEndpointsProtocol=http;AccountName={self.account_name};AccountKey={self.account_key};"
-            f"TableEndpoint=http://127.0.0.1:{self.port}/{self.account_name};"
-        )
-
-    @property
-    def table_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{self.account_name}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.25):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory):
-    node = shutil.which("node")
-    if node is None or not AZURITE_TABLE_SCRIPT.is_file():
-        missing = "node is not on PATH" if node is None else f"{AZURITE_TABLE_SCRIPT} does not exist"
-        pytest.fail(
-            f"Azurite cannot start: {missing}. Run .ci/run (it installs node tools with "
-            f"`npm ci` in tools/azurite) and try again.",
-            pytrace=False,
-        )
-    workdir = tmp_path_factory.mktemp("azurite")
-    with tempfile.TemporaryFile(dir=workdir) as stderr_file:
-        process, port = _start_azurite(node, workdir, stderr_file)
+    """Azurite's table service for the whole session; if it cannot start, the tests that need it fail saying why."""
+    with contextlib.ExitStack() as running:
         try:
-            _wait_for_azurite(process, port, stderr_file)
-            yield Azurite(port, process)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-def _start_azurite(node: str, workdir: Path, stderr_file) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    # Start the node script itself (no npx, no shell), so the PID we terminate is the one holding the port.
-    process = subprocess.Popen(
-        [
-            node,
-            str(AZURITE_TABLE_SCRIPT),
-            "--tableHost",
-            "127.0.0.1",
-            "--tablePort",
-            str(port),
-            "--inMemoryPersistence",
-            "--silent",
-            "--disableTelemetry",
-        ],
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr_file,
-    )
-    return process, port
-
-
-def _wait_for_azurite(process: subprocess.Popen, port: int, stderr_file) -> None:
-    deadline = time.monotonic() + AZURITE_START_TIMEOUT
-    while not _port_accepts(port):
-        if process.poll() is not None:
-            stderr_file.seek(0)
-            output = stderr_file.read().decode("utf-8", "replace").strip()
-            pytest.fail(
-                f"Azurite exited with code {process.returncode} before listening on "
-                f"127.0.0.1:{port}:\n{output or '(no stderr output)'}",
-                pytrace=False,
+            service = running.enter_context(running_azurite(tmp_path_factory.mktemp("azurite")))
+        except AzuriteNotInstalled as error:
+            failure = (
+                f"Azurite cannot start: {error.missing}. Run .ci/run (it installs node tools with "
+                f"`npm ci` in tools/azurite) and try again."
             )
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"Azurite did not listen on 127.0.0.1:{port} within {AZURITE_START_TIMEOUT:.0f}s", pytrace=False
-            )
-        _real_sleep(0.05)
+        except AzuriteUnavailable as error:
+            failure = str(error)
+        else:
+            failure = None
+        if failure is not None:
+            # Failed outside the handler, so the report shows this message alone, not the launcher's error first.
+            pytest.fail(failure, pytrace=False)
+        yield service
 
 
 @pytest.fixture

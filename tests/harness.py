@@ -121,6 +121,18 @@ def start_cli(deployment: Deployment, *args: str) -> subprocess.Popen:
     )
 
 
+def run_demo(state_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m shared demo ... --state-dir state_dir` as a user runs it: a real subprocess, no deployment."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared", "demo", *args, "--state-dir", str(state_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def write_v1_live_checkpoint(
     table: TableClient,
     org: str,

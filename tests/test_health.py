@@ -9,8 +9,6 @@ import itertools
 import logging
 import re
 import socket
-import subprocess
-import sys
 import time
 from datetime import datetime
 
@@ -20,7 +18,7 @@ from shared.health import MAX_ERROR_CHARS, health_rows, one_line
 from shared.pipeline import CollectionReport
 from shared.schema import HEALTH_TABLE, RUN_KINDS
 from shared.standins import Fault, simulate_events
-from tests.harness import REPO_ROOT
+from tests.harness import run_demo
 
 NOW = int(time.time())
 RUN_ID = "0123456789abcdef0123456789abcdef"
@@ -344,14 +342,7 @@ def test_a_backfill_lane_another_run_holds_gets_a_skipped_backfill_row(deploymen
 
 
 def test_the_demo_shows_the_health_rows_it_sent(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "shared", "demo", "--state-dir", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_demo(tmp_path)
     assert result.returncode == 0, result.stderr
     shown = result.stdout.split(f"6 health rows in {HEALTH_TABLE.name}, one per org per run:\n", 1)[1]
     header, *lines = shown.splitlines()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,7 +23,7 @@ from shared.settings import Secret
 from shared.standins import Fault, KeyVaultStandIn, simulate_events
 from shared.token_source import DEFAULT_SECRET_NAME, EnvironmentToken, KeyVaultTokens, org_secret_name
 from shared.wiring import Connector, token_vault_client
-from tests.harness import MANAGED_IDENTITY_CLIENT_ID, REPO_ROOT, Deployment, expected_ids
+from tests.harness import MANAGED_IDENTITY_CLIENT_ID, Deployment, expected_ids, run_demo
 from tests.invariants import wait_until
 
 NOW = int(time.time())
@@ -443,14 +441,7 @@ def test_a_canary_in_every_secret_version_never_shows_in_logs_errors_output_repr
 
 
 def test_the_demo_runs_in_vault_mode_with_a_rotation_between_its_runs(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "shared", "demo", "--vault", "--state-dir", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_demo(tmp_path, "--vault")
     assert result.returncode == 0, result.stderr
     assert "acme: secret pulumi-token-acme" in result.stdout
     assert "globex: secret pulumi-access-token" in result.stdout

@@ -2,6 +2,9 @@
 
 Used by `python -m shared demo` over plain http on 127.0.0.1, and by the tests over HTTPS
 with a test CA. See each module for the behaviour it reproduces.
+
+`shared.standins.azurite` launches Microsoft's Azurite for the tests and the benchmarks; it is not
+exported here, so the demo (which imports this package) never loads it.
 """
 
 from shared.standins.key_vault import KeyVaultStandIn
