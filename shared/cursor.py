@@ -139,7 +139,7 @@ class Cursor:
     pass_number: int = 0
     next_segment: int = 0
     unsettled: Coverage = field(default_factory=Coverage)  # time read before the overlap had passed over it
-    span: int = FIRST_WINDOW_SECONDS  # how long the next window of new time may be (at most the plan's max_span)
+    span: int = FIRST_WINDOW_SECONDS  # how much new time the next window may read (at most the plan's max_span)
     window_fetched: int = 0  # events the API returned in this pass over the window
     ledger: dict[bytes, int] = field(default_factory=dict)  # event key -> _ledger_entry
     # Digests of the continuation tokens this pass handed out, so a token that comes back
@@ -209,8 +209,7 @@ class Cursor:
         # else it is unsettled and its band is read again: the recent re-read would find nothing.
         settled = plan.recent < plan.overlap and self.watermark <= plan.settled_before
         start = self.watermark if settled else max(self.origin, self.watermark - recent)
-        sized = max(self.watermark + MIN_NEW_SECONDS, start + self.span)
-        end = min(plan.end_limit, self.watermark + plan.max_span, sized)
+        end = min(plan.end_limit, self.watermark + min(plan.max_span, self.span))
         if self.until is not None:
             end = min(end, self.until)
             if end <= self.watermark:
@@ -357,8 +356,9 @@ class Cursor:
 
 
 def next_span(window: Window, fetched: int) -> int:
-    """How long a window holding about WINDOW_EVENTS would be, at the density `window` had: at
-    most twice as long as it, since a window resumed mid-way counted only part of its events."""
+    """How much new time holds about WINDOW_EVENTS at the density `window` had: at most twice its
+    length, since a window resumed mid-way counted only part of its events. A live window also
+    re-reads the recent overlap, which the ledger keeps whatever the span."""
     length = window.end - window.start
     return max(MIN_NEW_SECONDS, min(2 * length, length * WINDOW_EVENTS // max(1, fetched)))
 

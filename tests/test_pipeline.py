@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 
 from shared.catalog import default_catalog
-from shared.cursor import FIRST_WINDOW_SECONDS
+from shared.cursor import FIRST_WINDOW_SECONDS, RECENT_REREAD_SECONDS
 from shared.delivery import LIVE, lane_name
 from shared.ingestion_sink import MAX_BODY_BYTES
 from shared.pipeline import (
@@ -348,6 +348,22 @@ def test_a_sparse_backlog_is_read_in_windows_twice_as_long_as_the_one_before(wor
     backfill(world, old, old + 4 * 86400)
     spans = [end - start for start, end in windows_read(world.source)]
     assert spans[:6] == [FIRST_WINDOW_SECONDS * 2**step for step in range(5)] + [86400]
+
+
+def test_a_busy_live_org_reads_its_new_minute_in_one_window(world, monkeypatch):
+    """Its recent re-read alone holds more than WINDOW_EVENTS: the span bounds new time, not the re-read."""
+    monkeypatch.setattr("shared.cursor.WINDOW_EVENTS", 200)
+    world.source.page_size = 100
+    every_second = range(NOW - LOOKBACK, NOW - SETTLE_DELAY_SECONDS)
+    world.source.add("acme", *[event(t, description=f"e{t}") for t in every_second])
+    world.run()
+    watermark = world.live().watermark
+    world.clock.now += 60
+    world.source.add("acme", *[event(t, description=f"e{t}") for t in range(NOW - SETTLE_DELAY_SECONDS, NOW)])
+    read_before = len(windows_read(world.source))
+    [report] = world.run()
+    new_time = [window for window in windows_read(world.source)[read_before:] if window[1] > watermark]
+    assert report.status == "ok" and new_time == [(watermark - RECENT_REREAD_SECONDS, NOW)]
 
 
 def test_a_catch_up_reads_settled_time_once_in_windows_that_tile_it(world):
