@@ -185,6 +185,19 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _timed(call: Callable, busy: dict[str, float], kind: str) -> Callable:
+    """`call`, adding the seconds each call takes to `busy[kind]` (one thread makes every such call)."""
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            busy[kind] += time.perf_counter() - started
+
+    return timed
+
+
 def end_to_end(backlog: int, page_size: int = 100, page_delay: float = 0, upload_delay: float = 0) -> dict:
     now = int(time.time())
     parent, child = multiprocessing.Pipe()
@@ -210,6 +223,9 @@ def end_to_end(backlog: int, page_size: int = 100, page_delay: float = 0, upload
             catalog=default_catalog(),
             holder="bench",
         )
+        busy = {"fetch": 0.0, "upload": 0.0}
+        collector.source.fetch_page = _timed(collector.source.fetch_page, busy, "fetch")
+        collector.sink.send = _timed(collector.sink.send, busy, "upload")
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         cpu_before = _cpu_seconds()
         started = time.perf_counter()
@@ -232,6 +248,8 @@ def end_to_end(backlog: int, page_size: int = 100, page_delay: float = 0, upload
         "seconds": round(seconds, 2),
         "events_per_second": round(report.sent / seconds),
         "connector_cpu_seconds": round(cpu_seconds, 2),
+        "fetch_seconds": round(busy["fetch"], 2),
+        "upload_seconds": round(busy["upload"], 2),
         "events_per_cpu_second": round(report.sent / cpu_seconds),
         "floor_rows_per_second": round(floor_rows_per_second(floor_rows)),
         "peak_rss_mb": round(peak_rss / 1024, 1),

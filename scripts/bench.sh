@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Print throughput and memory figures (benchmarks/bench.py); then, without arguments, the
 # pipelined path's figures (benchmarks/pipeline.py), the parallelism figures (benchmarks/parallel.py)
-# and what the delivery state costs as the backlog grows (benchmarks/delivery_state.py, which starts
-# its own Azurite).
+# what the delivery state costs as the backlog grows (benchmarks/delivery_state.py, which starts
+# its own Azurite) and the cold start (benchmarks/cold_start.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh .venv requirements.txt
@@ -15,4 +15,5 @@ if [ "$#" -eq 0 ]; then
   .venv/bin/python -m benchmarks.pipeline
   .venv/bin/python -m benchmarks.parallel
   .venv/bin/python -m benchmarks.delivery_state
+  .venv/bin/python -m benchmarks.cold_start
 fi
