@@ -1,18 +1,19 @@
-"""The poll cycle: fetch a page, transform, drop repeats, upload, then save the state.
+"""The poll cycle: read pages, transform, drop repeats, upload, then save the state.
 
 This is the only module that orchestrates the adapters, and it talks to them through
 the ports (shared/ports.py), so tests run it against in-memory fakes as well as the
-real clients. The order per page is what makes the promise hold:
+real clients. Per collection (an org's live feed or a backfill lane), under its lease:
 
-1. fetch one page of the current window (memory stays one page, whatever the backlog);
-2. transform it, and drop events the cursor's ledger says were already sent;
-3. upload; rows the service refuses go to the dead-letter store, never nowhere;
-4. only then save the cursor with the page's ledger segment, in one transaction
-   conditional on the ETag read at the start.
+1. a reader thread fetches the pages of the cursor's windows, a few ahead (shared/stages.py);
+2. this thread transforms each page and drops the events the cursor's ledger says were sent;
+3. an upload thread fills requests of about 1 MB across pages; rows the service refuses go
+   to the dead-letter store, never nowhere;
+4. only once every row of a page was accepted is the cursor saved past it, with the page's
+   ledger segment, in one transaction conditional on the ETag, strictly in page order.
 
-A crash anywhere before step 4 re-reads the same page next run: at worst that page
-is sent twice, with the same EventId_s. A crash after step 4 loses nothing. A lease per
-collection keeps a second run off it, so two runs never send the same page.
+A crash before step 4 re-reads those pages next run: at worst the rows of a request in
+flight are sent twice, with the same EventId_s. A crash after step 4 loses nothing. The
+lease keeps a second run off the collection, so two runs never send the same page.
 """
 
 from __future__ import annotations
