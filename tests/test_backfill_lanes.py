@@ -143,7 +143,9 @@ def delivered_in_full(deployment, start: int, end: int) -> bool:
 
 @pytest.mark.faults
 def test_a_lane_killed_mid_backfill_is_the_only_one_a_rerun_reads(deployment):
-    since, until, events = seed_a_week(deployment)
+    # Pages of 2: the lane's first windows are an hour, then twice as long, each holding a few
+    # events, and one of its early windows surely takes a second page.
+    since, until, events = seed_a_week(deployment, page_size=2)
     *_, (start, end) = split_into_lanes([(since, until)], 4)
     last = lane_name(start, end)
 
