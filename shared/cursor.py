@@ -71,6 +71,11 @@ def _entry_timestamp(entry: int) -> int:
     return entry >> 2 * _COUNT_BITS
 
 
+def _entry_counts(entry: int) -> tuple[int, int]:
+    """How many copies were sent, and how many this pass saw."""
+    return entry >> _COUNT_BITS & _COUNT_MAX, entry & _COUNT_MAX
+
+
 @dataclass(frozen=True)
 class Window:
     start: int
@@ -185,7 +190,7 @@ class Cursor:
                 if item.timestamp < horizon:
                     continue
                 entry = self.ledger.get(item.key, _ledger_entry(item.timestamp, 0, 0))
-                sent, seen = entry >> _COUNT_BITS & _COUNT_MAX, entry & _COUNT_MAX
+                sent, seen = _entry_counts(entry)
                 seen = seen + item.seen if current else seen
                 self.ledger[item.key] = _ledger_entry(_entry_timestamp(entry), max(sent, item.sent), seen)
             if current:
@@ -199,7 +204,6 @@ class Cursor:
         """
         if self.window is not None:
             return True
-        recent = min(plan.recent, plan.overlap)
         band = self._due_band(plan)
         if band is not None:
             self.window = band
@@ -208,7 +212,7 @@ class Cursor:
         # Time before a settled watermark was read once it had the whole overlap to show up, or
         # else it is unsettled and its band is read again: the recent re-read would find nothing.
         settled = plan.recent < plan.overlap and self.watermark <= plan.settled_before
-        start = self.watermark if settled else max(self.origin, self.watermark - recent)
+        start = self.watermark if settled else max(self.origin, self.watermark - plan.recent)
         end = min(plan.end_limit, self.watermark + min(plan.max_span, self.span))
         if self.until is not None:
             end = min(end, self.until)
@@ -238,13 +242,13 @@ class Cursor:
         entry = self.ledger.get(key)
         if entry is None:
             entry = _ledger_entry(timestamp, 0, 0)
-        sent, seen = entry >> _COUNT_BITS & _COUNT_MAX, (entry & _COUNT_MAX) + 1
+        sent, seen = _entry_counts(entry)
+        seen += 1
+        self.ledger[key] = _ledger_entry(_entry_timestamp(entry), max(sent, seen), seen)
         page = self._page_entries.setdefault(key, [timestamp, 0, 0])
         page[1] += 1
         if seen <= sent:
-            self.ledger[key] = _ledger_entry(_entry_timestamp(entry), sent, seen)
             return None
-        self.ledger[key] = _ledger_entry(_entry_timestamp(entry), seen, seen)
         page[2] = seen
         return seen
 
