@@ -10,7 +10,7 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from shared import __version__
-from shared.ports import SinkUnavailable
+from shared.ports import MAX_BODY_BYTES, SinkUnavailable
 from shared.schema import HEALTH_TABLE
 from shared.standins import simulate_events
 from shared.transform import encode_row
@@ -135,7 +135,7 @@ def test_every_request_body_stays_under_one_megabyte(deployment):
     [report] = deployment.connector().run_once()
     assert report.sent == 3000
     sizes = [request.uncompressed_size for request in deployment.ingestion.requests if request.status == 204]
-    assert len(sizes) > 4 and max(sizes) < 1_000_000
+    assert len(sizes) > 4 and max(sizes) <= MAX_BODY_BYTES
 
 
 def test_the_checkpoint_lives_in_table_storage_and_advances_to_now_minus_the_settle_delay(deployment):
