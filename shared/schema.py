@@ -64,7 +64,17 @@ _AUDIT_COLUMNS: tuple[Column, ...] = (
     Column("Product_s", "string", "'esc' for Pulumi ESC events, 'cloud' for the rest"),
     Column("Category_s", "string", "Event category from Pulumi's event catalog"),
     Column("EventTime_t", "datetime", "Original event time; never restamped, use it for backfilled data"),
-    Column("RawEvent_s", "string", "The original event as JSON, including fields this version does not know"),
+    Column(
+        "RawEvent_s",
+        "string",
+        "The whole event as JSON, in rows written before ExtraFields_s; empty in newer rows (but see docs/SCHEMA.md)",
+    ),
+    Column(
+        "ExtraFields_s",
+        "string",
+        "What no other column holds, as compact JSON (unknown fields, display-name event names); "
+        "usually empty. PulumiAuditRawEvent rebuilds the whole event",
+    ),
 )
 
 AUDIT_TABLE = Table(

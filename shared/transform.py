@@ -20,6 +20,7 @@ import orjson
 
 from shared.catalog import EventCatalog
 from shared.ports import EncodedRow
+from shared.rebuild import ABSENT, EVENT_KEY_OF_COLUMN, described_event, extra_fields
 from shared.schema import MAX_FIELD_BYTES
 
 # Unix seconds above this are taken to be milliseconds (it is the year 5138 in seconds).
@@ -29,7 +30,7 @@ _LATEST = 4_102_444_800  # 2100-01-01
 
 # The text columns whose value comes from outside (the event, or the org name): these may be
 # too long or hold lone surrogates. The others are built from the catalog or the clock;
-# RawEvent_s is fitted when a row is built.
+# ExtraFields_s is fitted when a row is built.
 _FREE_TEXT_COLUMNS = (
     "SourceIP_s",
     "Event_s",
@@ -43,8 +44,11 @@ _FREE_TEXT_COLUMNS = (
     "ActorUrn_s",
     "OrgName_s",
 )
-# One encoder for every RawEvent_s: `json.dumps` with options builds a new one per call.
-_RAW_EVENT_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+# One encoder for every ExtraFields_s and fallback RawEvent_s: `json.dumps` with options builds a
+# new one per call.
+_COMPACT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+# A value of ExtraFields_s cut to fit keeps at least this much room: the marker and a little text.
+_SMALLEST_CUT = 120
 
 
 class InvalidEvent(ValueError):
@@ -74,10 +78,11 @@ _IDENTITY_COLUMNS = (
 class NormalizedEvent:
     """An event mapped to its identity and its row, which waits for its occurrence number.
 
-    `fields` is the row in column order, its EventId_s and RawEvent_s still empty, and
-    `truncated_fields` the columns of `fields` cut to the field limit. RawEvent_s, the costliest
-    column, is written from `event` only when a row is built: a window re-reads its overlap, and
-    most events a run reads were sent before. `event` must not change until then.
+    `fields` is the row in column order, its EventId_s, RawEvent_s and ExtraFields_s still empty,
+    and `truncated_fields` the columns of `fields` cut to the field limit. ExtraFields_s, what the
+    typed columns do not hold (shared/rebuild.py), is written from `event` only when a row is built:
+    a window re-reads its overlap, and most events a run reads were sent before. `event` must not
+    change until then.
     """
 
     org: str
@@ -86,22 +91,38 @@ class NormalizedEvent:
     fields: dict[str, Any]
     event: Mapping[str, Any]
     truncated_fields: tuple[str, ...]
-    _raw_event: tuple[str, bool] | None = field(default=None, init=False, repr=False, compare=False)
+    _leftover: tuple[str, str, bool] | None = field(default=None, init=False, repr=False, compare=False)
 
     def row(self, occurrence: int) -> dict[str, Any]:
         """The table row of the `occurrence`-th (1-based) event with this identity."""
-        return {**self.fields, "EventId_s": event_id(self.identity, occurrence), "RawEvent_s": self.raw_event()[0]}
+        extra, raw, _ = self.leftover()
+        row = {**self.fields, "EventId_s": event_id(self.identity, occurrence)}
+        row["RawEvent_s"], row["ExtraFields_s"] = raw, extra
+        return row
 
     @property
     def truncated_columns(self) -> tuple[str, ...]:
         """The columns cut to the field limit, in column order."""
-        return (*self.truncated_fields, "RawEvent_s") if self.raw_event()[1] else self.truncated_fields
+        _, raw, cut = self.leftover()
+        if not cut:
+            return self.truncated_fields
+        return (*self.truncated_fields, "RawEvent_s" if raw else "ExtraFields_s")
 
-    def raw_event(self) -> tuple[str, bool]:
-        """RawEvent_s, and whether it was cut to the field limit; written once, on first use."""
-        if self._raw_event is None:
-            self._raw_event = _fit(_RAW_EVENT_ENCODER.encode(self.event))
-        return self._raw_event
+    def leftover(self) -> tuple[str, str, bool]:
+        """ExtraFields_s, RawEvent_s, and whether one was cut to the field limit; written once, on first use.
+
+        RawEvent_s stays empty unless the event uses the key ExtraFields_s marks absent keys with:
+        then it holds the whole event, as rows written before ExtraFields_s did."""
+        if self._leftover is None:
+            cut_keys = [EVENT_KEY_OF_COLUMN[name] for name in self.truncated_fields if name in EVENT_KEY_OF_COLUMN]
+            extra = extra_fields(self.event, described_event(self.fields), cut_keys)
+            if extra is None:
+                raw, cut = _fit(_compact(self.event))
+                self._leftover = ("", raw, cut)
+            else:
+                text, cut = _fit_extra_fields(extra)
+                self._leftover = (text, "", cut)
+        return self._leftover
 
 
 def raw_digest(org: str, event: Any) -> bytes:
@@ -180,6 +201,7 @@ def normalize(org: str, event: Any, catalog: EventCatalog) -> NormalizedEvent:
         "Category_s": catalog.category(event_type),
         "EventTime_t": time_text,
         "RawEvent_s": "",
+        "ExtraFields_s": "",
     }
     truncated = []
     for column in _FREE_TEXT_COLUMNS:
@@ -214,6 +236,51 @@ def encode_row(row: dict[str, Any]) -> EncodedRow:
     except orjson.JSONEncodeError:
         body = json.dumps(row).encode()
     return EncodedRow(row, body)
+
+
+def _fit_extra_fields(extra: Mapping[str, Any], limit: int = MAX_FIELD_BYTES) -> tuple[str, bool]:
+    """`extra` as compact JSON within `limit` UTF-8 bytes, and whether a value had to be cut.
+
+    A value that does not fit is replaced by its own JSON, cut visibly, as a string, largest first,
+    until the whole fits: the rest of the event still comes back exactly."""
+    if not extra:
+        return "", False
+    text = _compact(extra)
+    if len(text) <= limit // 4 or len(text.encode("utf-8")) <= limit:
+        return text, False
+    fitted = dict(extra)
+    for key in sorted(fitted.keys() - {ABSENT}, key=lambda key: len(_compact(fitted[key])), reverse=True):
+        fitted[key] = ""
+        room = limit - _size(fitted)
+        fitted[key] = _cut(_compact(extra[key]), room)
+        if _size(fitted) <= limit:
+            break
+    return _compact(fitted), True
+
+
+def _cut(text: str, room: int) -> str:
+    """`text` cut visibly so that, as a JSON string, it takes at most `room` bytes (or the marker's)."""
+    budget = room - 2
+    while True:
+        cut = truncate_visibly(text, max(budget, _SMALLEST_CUT))
+        overflow = _size(cut) - room
+        if overflow <= 0 or budget <= _SMALLEST_CUT:
+            return cut
+        budget -= overflow
+
+
+def _size(value: Any) -> int:
+    return len(_compact(value).encode("utf-8"))
+
+
+def _compact(value: Any) -> str:
+    """Compact JSON, text as is; a lone surrogate, which UTF-8 cannot carry, as its JSON escape."""
+    text = _COMPACT_ENCODER.encode(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _fit(text: str) -> tuple[str, bool]:

@@ -61,9 +61,9 @@ def test_the_original_event_time_is_kept_apart_from_time_generated():
     assert row["EventTime_t"] == row["TimeGenerated"] == "2025-08-28T16:53:20Z"
 
 
-def test_the_raw_event_keeps_fields_this_version_does_not_know():
+def test_extra_fields_keep_fields_this_version_does_not_know():
     row = row_of({**EVENT, "newField": {"nested": [1, 2]}})
-    assert json.loads(row["RawEvent_s"])["newField"] == {"nested": [1, 2]}
+    assert json.loads(row["ExtraFields_s"]) == {"newField": {"nested": [1, 2]}}
 
 
 def test_org_name_is_recorded():
@@ -110,14 +110,19 @@ def test_event_ids_stay_what_earlier_versions_gave_the_same_events():
     assert row_of(accented, occurrence=2)["EventId_s"] == "ebb05d275bb72470b9f01089c773b3f5"
 
 
-def test_the_raw_event_is_the_events_json_with_sorted_keys_and_text_as_is():
-    event = {**EVENT, "description": "Déploiement 🚀", "newField": {"b": 1, "a": [1, "x"]}}
-    assert row_of(event)["RawEvent_s"] == json.dumps(event, sort_keys=True, ensure_ascii=False)
+def test_an_event_of_the_usual_shape_stores_nothing_beside_the_typed_columns():
+    row = row_of({**EVENT, "description": "Déploiement 🚀"})
+    assert (row["ExtraFields_s"], row["RawEvent_s"]) == ("", "")
 
 
-def test_the_raw_event_is_written_once_for_all_the_rows_of_an_event():
-    normalized = normalize("acme", EVENT, CATALOG)
-    assert normalized.row(1)["RawEvent_s"] is normalized.row(2)["RawEvent_s"]
+def test_extra_fields_are_compact_json_with_text_as_is():
+    row = row_of({**EVENT, "newField": {"b": "Déploiement 🚀", "a": [1, "x"]}})
+    assert row["ExtraFields_s"] == '{"newField":{"b":"Déploiement 🚀","a":[1,"x"]}}'
+
+
+def test_extra_fields_are_written_once_for_all_the_rows_of_an_event():
+    normalized = normalize("acme", {**EVENT, "newField": 1}, CATALOG)
+    assert normalized.row(1)["ExtraFields_s"] is normalized.row(2)["ExtraFields_s"]
 
 
 def test_identical_events_differ_by_occurrence():
@@ -159,7 +164,7 @@ def test_an_over_long_value_is_truncated_visibly_under_the_field_limit():
     description = normalized.row(1)["Description_s"]
     assert len(description.encode()) <= MAX_FIELD_BYTES
     assert description.endswith("[truncated by connector: 100000 bytes, limit 64000]")
-    assert set(normalized.truncated_columns) == {"Description_s", "RawEvent_s"}
+    assert normalized.truncated_columns == ("Description_s",)
 
 
 def test_multibyte_text_is_never_cut_inside_a_character():

@@ -55,6 +55,7 @@ resource dcr 'Microsoft.Insights/dataCollectionRules@2023-03-11' = {
           { name: 'Category_s', type: 'string' }
           { name: 'EventTime_t', type: 'datetime' }
           { name: 'RawEvent_s', type: 'string' }
+          { name: 'ExtraFields_s', type: 'string' }
         ]
       }
       // shared/schema.py HEALTH_TABLE columns, same order and types.

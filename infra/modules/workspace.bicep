@@ -63,6 +63,7 @@ resource table 'Microsoft.OperationalInsights/workspaces/tables@2025-02-01' = {
         { name: 'Category_s', type: 'string' }
         { name: 'EventTime_t', type: 'dateTime' }
         { name: 'RawEvent_s', type: 'string' }
+        { name: 'ExtraFields_s', type: 'string' }
       ]
     }
   }
