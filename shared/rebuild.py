@@ -48,6 +48,7 @@ EVENT_KEY_OF_COLUMN: dict[str, tuple[str, ...]] = {
     **{column: (key,) for key, column in _REQUIRED_TEXT + _OPTIONAL_TEXT},
     **{column: ("user", key) for key, column in _USER_TEXT},
 }
+FLAG_KEY_OF_COLUMN = {column: key for key, column in _OPTIONAL_FLAGS}
 
 
 def described_event(row: Mapping[str, Any]) -> dict[str, Any]:

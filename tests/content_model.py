@@ -1,10 +1,10 @@
 """The Sentinel content that infra/ deploys, read from the Bicep, and every query it ships.
 
 `shipped_queries()` is the one list the query checks run over: the analytic and health rules,
-the data connector definition's queries, the workbook's items and parameters, the ASIM parser
-and the hunting queries. Each query's text is what gets deployed, with the values that only
-exist at deployment or in the workbook (the org list, the workbook parameters) filled in with
-sample values, so that it can be analysed.
+the data connector definition's queries, the workbook's items and parameters, the ASIM parser,
+the PulumiAuditRawEvent function and the hunting queries. Each query's text is what gets
+deployed, with the values that only exist at deployment or in the workbook (the org list, the
+workbook parameters) filled in with sample values, so that it can be analysed.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ WORKBOOK_SAMPLE_VALUES = {
 WORKBOOK_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z]+))?\}")
 
 PARSER_DIR = im.INFRA / "parser"
+FUNCTIONS_DIR = im.INFRA / "functions"
 HUNTING_DIR = im.INFRA / "hunting"
 WORKBOOK_DIR = im.INFRA / "workbook"
 CONNECTOR_DIR = im.INFRA / "connector"
@@ -75,20 +76,39 @@ def workbook() -> dict[str, Any]:
     return im.evaluate(sentinel_tree(), "workbookContent", im.SENTINEL_MODULE)
 
 
+def saved_functions() -> list[Parser]:
+    """The saved searches that declare a workspace function: the ASIM parser and PulumiAuditRawEvent."""
+    tree = sentinel_tree()
+    searches = im.resources_of_type(tree, "Microsoft.OperationalInsights/workspaces/savedSearches")
+    functions = []
+    for search in searches.values():
+        properties = im.body(search)["properties"]
+        if "functionAlias" not in properties:
+            continue
+        source = im.loaded_file(properties["query"], im.SENTINEL_MODULE)
+        functions.append(
+            Parser(
+                name=im.resolve(tree, im.body(search)["name"]),
+                function_alias=im.resolve(tree, properties["functionAlias"]),
+                parameters=im.bicep_text(properties.get("functionParameters", "")),
+                body=source.read_text(encoding="utf-8"),
+                source=source,
+                resource=search,
+            )
+        )
+    return functions
+
+
 def parser() -> Parser:
-    """The saved search that declares a function: the ASIM parser."""
-    searches = im.resources_of_type(sentinel_tree(), "Microsoft.OperationalInsights/workspaces/savedSearches")
-    [search] = [found for found in searches.values() if "functionAlias" in im.body(found)["properties"]]
-    properties = im.body(search)["properties"]
-    source = im.loaded_file(properties["query"], im.SENTINEL_MODULE)
-    return Parser(
-        name=im.resolve(sentinel_tree(), im.body(search)["name"]),
-        function_alias=im.resolve(sentinel_tree(), properties["functionAlias"]),
-        parameters=im.bicep_text(properties["functionParameters"]),
-        body=source.read_text(encoding="utf-8"),
-        source=source,
-        resource=search,
-    )
+    """The ASIM parser: the saved function under infra/parser."""
+    [found] = [function for function in saved_functions() if function.source.parent == PARSER_DIR]
+    return found
+
+
+def raw_event_function() -> Parser:
+    """PulumiAuditRawEvent: the saved function under infra/functions."""
+    [found] = [function for function in saved_functions() if function.source.parent == FUNCTIONS_DIR]
+    return found
 
 
 def hunting_queries() -> list[dict[str, Any]]:
@@ -173,13 +193,13 @@ def shipped_queries() -> list[ShippedQuery]:
         for name, text in workbook_queries()
     ]
     queries += [ShippedQuery(f"hunting:{query['key']}", query["source"], query["query"]) for query in hunting_queries()]
-    found = parser()
-    queries.append(
-        ShippedQuery(
-            f"parser:{found.function_alias}",
-            found.source,
-            # The function's body, analysed as the function it is deployed as.
-            f"let {found.function_alias} = ({found.parameters}) {{\n{found.body}\n}};\n{found.function_alias}()",
+    for kind, found in (("parser", parser()), ("function", raw_event_function())):
+        queries.append(
+            ShippedQuery(
+                f"{kind}:{found.function_alias}",
+                found.source,
+                # The function's body, analysed as the function it is deployed as.
+                f"let {found.function_alias} = ({found.parameters}) {{\n{found.body}\n}};\n{found.function_alias}()",
+            )
         )
-    )
     return queries

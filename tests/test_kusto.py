@@ -1,12 +1,12 @@
 """Every query the project ships passes Microsoft's Kusto language service.
 
 The rules, the data connector definition's queries, the workbook's items and parameters, the
-ASIM parser and the hunting queries (tests/content_model.py) are analysed in one Node process
-(tools/kusto/analyze.js, npm @kusto/language-service-next) against the tables of
-shared/schema.py, with the parser declared as the workspace function it is deployed as. Any
-error diagnostic fails. What the service does not check, this module does: comparisons of
-bool, datetime and number columns against literals, and values of enumerated columns. The
-parser's result columns are checked against the ASIM Audit Event schema.
+ASIM parser, the PulumiAuditRawEvent function and the hunting queries (tests/content_model.py)
+are analysed in one Node process (tools/kusto/analyze.js, npm @kusto/language-service-next)
+against the tables of shared/schema.py, with both functions declared as the workspace functions
+they are deployed as. Any error diagnostic fails. What the service does not check, this module
+does: comparisons of bool, datetime and number columns against literals, and values of
+enumerated columns. The parser's result columns are checked against the ASIM Audit Event schema.
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ PROBES = {
 
 @pytest.fixture(scope="session")
 def analysis() -> dict[str, kusto.Analysis]:
-    parser = cm.parser()
-    function = kusto.StoredFunction(parser.function_alias, parser.parameters, parser.body)
+    functions = [
+        kusto.StoredFunction(found.function_alias, found.parameters, found.body) for found in cm.saved_functions()
+    ]
     queries = {query.id: query.text for query in SHIPPED} | PROBES
     try:
-        return kusto.analyse(TABLES, [function], queries)
+        return kusto.analyse(TABLES, functions, queries)
     except kusto.KustoUnavailable as error:
         pytest.fail(str(error), pytrace=False)
 
@@ -64,7 +65,7 @@ def located(text: str, diagnostic: kusto.Diagnostic) -> str:
 
 def test_every_kind_of_shipped_content_is_analysed():
     kinds = {query.id.split(":", 1)[0] for query in SHIPPED}
-    assert kinds == {"rule", "connector", "workbook", "hunting", "parser"}
+    assert kinds == {"rule", "connector", "workbook", "hunting", "parser", "function"}
     assert len({query.id for query in SHIPPED}) == len(SHIPPED)
 
 

@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.catalog import default_catalog
-from shared.rebuild import rebuild
+from shared.rebuild import ABSENT, EVENT_KEY_OF_COLUMN, FLAG_KEY_OF_COLUMN, rebuild
 from shared.schema import MAX_FIELD_BYTES
 from shared.standins.simulated_events import event_catalog, simulate_events
 from shared.transform import normalize, to_row
+from tests import content_model as cm
 
 CATALOG = default_catalog()
 USER = {"name": "Alex Rivera", "githubLogin": "arivera", "avatarUrl": "https://example.test/a.png"}
@@ -193,6 +194,15 @@ def test_an_old_row_whose_raw_event_was_cut_comes_back_from_its_columns():
     old_row = {**row_of(EVENT), "RawEvent_s": cut}
     del old_row["ExtraFields_s"]
     assert rebuild(old_row) == EVENT
+
+
+def test_the_kql_rebuild_describes_the_event_with_the_same_keys_and_columns():
+    kql = cm.raw_event_function().body
+    assert '"timestamp", Timestamp_d' in kql and f'"{ABSENT}"' in kql
+    for column, path in EVENT_KEY_OF_COLUMN.items():
+        assert f'"{path[-1]}", {column}' in kql, column
+    for column, key in FLAG_KEY_OF_COLUMN.items():
+        assert f'iff({column}, bag_pack("{key}", true)' in kql, column
 
 
 # ----------------------------------------------------------------------------------------------

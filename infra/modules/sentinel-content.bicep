@@ -388,6 +388,24 @@ resource asimParser 'Microsoft.OperationalInsights/workspaces/savedSearches@2025
 }
 
 // ----------------------------------------------------------------------------------------------
+// PulumiAuditRawEvent: every audit row with RawEvent, the original event rebuilt from the typed
+// columns and ExtraFields_s, for an analyst to read or export the event in full.
+// ----------------------------------------------------------------------------------------------
+
+resource rawEventFunction 'Microsoft.OperationalInsights/workspaces/savedSearches@2025-02-01' = {
+  parent: workspace
+  name: 'PulumiAuditRawEvent'
+  etag: '*'
+  properties: {
+    category: 'Pulumi audit connector'
+    displayName: 'Pulumi audit events with the original event rebuilt (RawEvent)'
+    query: loadTextContent('../functions/PulumiAuditRawEvent.kql')
+    functionAlias: 'PulumiAuditRawEvent'
+    version: 2
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
 // Hunting queries: saved searches in the "Hunting Queries" category, with MITRE tags. A query that
 // calls the ASIM parser (usesParser) is created only with the parser.
 // ----------------------------------------------------------------------------------------------
