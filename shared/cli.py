@@ -37,7 +37,7 @@ from shared.pipeline import (
 )
 from shared.ports import DeadLetterUnavailable, LeaseHeld, SourceError, StateConflict, StateUnavailable
 from shared.settings import SettingsError, load_settings, org_name_problem, parse_duration
-from shared.transform import InvalidEvent, encode_row, iso_utc, normalize
+from shared.transform import InvalidEvent, current_row, encode_row, iso_utc, normalize
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 EXIT_CODES = (
@@ -451,6 +451,7 @@ def _deadletter(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 )
             )
         return 0
+    from shared.catalog import default_catalog
     from shared.ports import SinkUnavailable
     from shared.wiring import azure_credential, ingestion_sink
 
@@ -461,12 +462,15 @@ def _deadletter(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     letters = [
         letter for org in orgs for letter in dead_letters.list(org) if not letter.key.startswith(INVALID_EVENT_PREFIX)
     ]
+    # A row dead-lettered by an earlier version is sent in today's format, under its own EventId_s.
+    catalog = default_catalog()
+    rows = [current_row(letter.row, catalog) for letter in letters]
     try:
-        refused = {id(item.row) for item in sink.send([encode_row(letter.row) for letter in letters])}
+        refused = {id(item.row) for item in sink.send([encode_row(row) for row in rows])}
     except SinkUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    accepted = [letter for letter in letters if id(letter.row) not in refused]
+    accepted = [letter for letter, row in zip(letters, rows, strict=True) if id(row) not in refused]
     for letter in accepted:
         dead_letters.remove(letter)
     print(

@@ -131,8 +131,7 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
         print(f"every event forwarded exactly once: {len(rows) == expected and len(ids) == expected}")
         print("\nthree of the rows:")
         for row in rows[:3]:
-            shown = {**row, "RawEvent_s": row["RawEvent_s"][:60] + "..."}
-            print("  " + json.dumps(shown, ensure_ascii=False))
+            print("  " + json.dumps(row, ensure_ascii=False))
         _print_health(ingestion.rows_of(HEALTH_TABLE.stream))
         failed = [report for report in first + second if report.failed]
         return 0 if not failed and len(rows) == expected and len(ids) == expected else 1

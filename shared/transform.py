@@ -224,6 +224,18 @@ def to_row(org: str, event: Any, occurrence: int, catalog: EventCatalog) -> dict
     return normalize(org, event, catalog).row(occurrence)
 
 
+def current_row(row: dict[str, Any], catalog: EventCatalog) -> dict[str, Any]:
+    """A row written before ExtraFields_s existed (a dead letter, say), in today's format with its own
+    EventId_s; any other row, or one whose RawEvent_s is not a whole event, as it is."""
+    if "ExtraFields_s" in row or not row.get("RawEvent_s"):
+        return row
+    try:
+        normalized = normalize(row["OrgName_s"], json.loads(row["RawEvent_s"]), catalog)
+    except (KeyError, ValueError):  # InvalidEvent and a RawEvent_s cut to the field limit included
+        return row
+    return {**normalized.row(1), "EventId_s": row["EventId_s"]}
+
+
 def encode_row(row: dict[str, Any]) -> EncodedRow:
     """The row with its request-body JSON: compact UTF-8, which Logs Ingestion accepts.
 

@@ -7,13 +7,17 @@ import json
 import time
 
 import pytest
+from azure.data.tables import TableClient
 from azure.functions.timer import TimerRequest
 
 from shared import __version__
-from shared.ports import MAX_BODY_BYTES, SinkUnavailable
+from shared.catalog import default_catalog
+from shared.dead_letter import TableDeadLetterStore
+from shared.ports import MAX_BODY_BYTES, RefusedRow, SinkUnavailable
+from shared.rebuild import rebuild
 from shared.schema import HEALTH_TABLE
 from shared.standins import simulate_events
-from shared.transform import encode_row
+from shared.transform import encode_row, to_row
 from tests.harness import MANAGED_IDENTITY_CLIENT_ID, PULUMI_TOKEN, expected_ids
 
 NOW = int(time.time())
@@ -216,6 +220,20 @@ def test_refused_rows_are_listed_and_replayed_from_the_dead_letter_store(deploym
     replay = deployment.run_cli("deadletter", "replay")
     assert replay.returncode == 0 and "replayed 1 of 1" in replay.stdout
     assert set(deployment.landed()) == expected_ids("acme", events) and deployment.dead_letters() == []
+
+
+def test_a_row_dead_lettered_before_extra_fields_existed_is_replayed_in_todays_format(deployment):
+    [event] = simulate_events("acme", NOW - 3000, NOW - 2000, 1, seed=5)
+    event["user"]["email"] = "someone@example.test"
+    today = to_row("acme", event, 1, default_catalog())
+    old = {**today, "RawEvent_s": json.dumps(event, sort_keys=True, ensure_ascii=False)}
+    del old["ExtraFields_s"]
+    table = TableClient.from_connection_string(deployment.azurite_connection_string, deployment.table_name + "dead")
+    TableDeadLetterStore(table).put("acme", [RefusedRow(old, "400 InvalidPayload")])
+    replay = deployment.run_cli("deadletter", "replay")
+    assert replay.returncode == 0 and "replayed 1 of 1" in replay.stdout
+    assert deployment.ingestion.rows == [today]
+    assert rebuild(deployment.ingestion.rows[0]) == event and deployment.dead_letters() == []
 
 
 def test_tls_trust_comes_from_requests_ca_bundle_for_every_outbound_call(deployment, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 
 from shared.catalog import default_catalog
 from shared.schema import COLUMN_NAMES, COLUMNS, MAX_FIELD_BYTES
-from shared.transform import InvalidEvent, encode_row, normalize, to_row
+from shared.transform import InvalidEvent, current_row, encode_row, normalize, to_row
 
 CATALOG = default_catalog()
 EVENT = {
@@ -209,3 +209,31 @@ def test_a_rows_body_is_its_compact_utf8_json():
 def test_a_row_from_elsewhere_with_values_orjson_refuses_is_still_encoded(value):
     row = {"OrgName_s": "acme", "Description_s": value}
     assert json.loads(encode_row(row).body) == row
+
+
+def old_format(row: dict, raw_event: str) -> dict:
+    """`row` as the connector wrote it before ExtraFields_s: the whole event in RawEvent_s."""
+    old = {**row, "RawEvent_s": raw_event}
+    del old["ExtraFields_s"]
+    return old
+
+
+def test_a_row_written_before_extra_fields_existed_is_brought_to_todays_format_under_its_own_id():
+    event = {**EVENT, "newField": 1}
+    old = {**old_format(row_of(event), json.dumps(event, sort_keys=True)), "EventId_s": "kept-from-the-old-row"}
+    assert current_row(old, CATALOG) == {**row_of(event), "EventId_s": "kept-from-the-old-row"}
+
+
+@pytest.mark.parametrize(
+    "raw_event",
+    ['{"description": "xxx...[truncated by connector: 90000 bytes, limit 64000]', '{"event": "no time"}'],
+    ids=["raw-event-cut-to-the-field-limit", "raw-event-that-is-not-a-valid-event"],
+)
+def test_an_old_row_whose_raw_event_is_not_a_whole_valid_event_is_kept_as_it_is(raw_event):
+    old = old_format(row_of(EVENT), raw_event)
+    assert current_row(old, CATALOG) is old
+
+
+def test_a_row_in_todays_format_is_kept_as_it_is():
+    row = row_of({**EVENT, "newField": 1})
+    assert current_row(row, CATALOG) is row
