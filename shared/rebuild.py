@@ -53,10 +53,13 @@ FLAG_KEY_OF_COLUMN = {column: key for key, column in _OPTIONAL_FLAGS}
 
 def described_event(row: Mapping[str, Any]) -> dict[str, Any]:
     """The event the typed columns of `row` describe, in the API's usual shape."""
-    event: dict[str, Any] = {"timestamp": row["Timestamp_d"]}
-    for key, column in _REQUIRED_TEXT:
-        event[key] = row[column]
-    event["user"] = {key: row[column] for key, column in _USER_TEXT}
+    event: dict[str, Any] = {
+        "timestamp": row["Timestamp_d"],
+        "sourceIP": row["SourceIP_s"],
+        "event": row["Event_s"],
+        "description": row["Description_s"],
+        "user": {"name": row["UserName_s"], "githubLogin": row["UserLogin_s"], "avatarUrl": row["UserAvatarUrl_s"]},
+    }
     for key, column in _OPTIONAL_TEXT:
         if row[column]:
             event[key] = row[column]
@@ -107,14 +110,16 @@ def rebuild(row: Mapping[str, Any]) -> dict[str, Any]:
 def _difference(actual: Mapping[str, Any], described: Mapping[str, Any], skipped: set[str]) -> dict[str, Any] | None:
     if ABSENT in actual:
         return None
-    extra = {
-        key: value
-        for key, value in actual.items()
-        if key not in described or (key not in skipped and not _same(value, described[key]))
-    }
-    absent = [key for key in described if key not in actual]
-    if absent:
-        extra[ABSENT] = absent
+    extra = {}
+    found = 0
+    for key, value in actual.items():
+        if key in described:
+            found += 1
+            if key in skipped or _same(value, described[key]):
+                continue
+        extra[key] = value
+    if found < len(described):
+        extra[ABSENT] = [key for key in described if key not in actual]
     return extra
 
 
@@ -130,10 +135,11 @@ def _apply(event: dict[str, Any], extra: Mapping[str, Any]) -> None:
 
 def _same(a: Any, b: Any) -> bool:
     """Equal as JSON values of the same types: `True` is not `1`, and `1` is not `1.0`."""
-    if type(a) is not type(b):
+    kind = a.__class__
+    if kind is not b.__class__:
         return False
-    if isinstance(a, dict):
+    if kind is dict:
         return a.keys() == b.keys() and all(_same(value, b[key]) for key, value in a.items())
-    if isinstance(a, list):
+    if kind is list:
         return len(a) == len(b) and all(map(_same, a, b))
     return a == b
