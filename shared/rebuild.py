@@ -11,12 +11,12 @@ description, and is empty when it does not:
   does not know, the display-name form of `event`, a timestamp in milliseconds, a flag sent as
   false, a field of the wrong type. A `user` object is compared key by key, so a new key inside
   `user` costs that key alone;
-- under `"$absent"` (at the top, or inside `user`), the described keys the event lacks.
+- under `"_absent"` (at the top, or inside `user`), the described keys the event lacks.
 
 `rebuild(row) == event` for every event the transform accepts, with one documented exception:
 a column cut to the 64 KB field limit comes back as stored, cut, and so does a value of
 `ExtraFields_s` that alone would not fit. Rows written before `ExtraFields_s` existed carry the
-whole event in `RawEvent_s`, and so does a new row of an event that itself has a `"$absent"`
+whole event in `RawEvent_s`, and so does a new row of an event that itself has a `"_absent"`
 key; `rebuild` reads it first. `infra/functions/PulumiAuditRawEvent.kql` is the same rebuild in KQL.
 """
 
@@ -26,7 +26,8 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
-ABSENT = "$absent"
+# Not "$absent": KQL's bag_remove_keys reads a key that starts with "$" as a JSONPath.
+ABSENT = "_absent"
 
 # Event key -> column, for the keys the described event always has.
 _REQUIRED_TEXT = (("sourceIP", "SourceIP_s"), ("event", "Event_s"), ("description", "Description_s"))
@@ -73,7 +74,7 @@ def extra_fields(
     event: Mapping[str, Any], described: Mapping[str, Any], as_stored: Collection[tuple[str, ...]] = ()
 ) -> dict[str, Any] | None:
     """What `event` holds beyond `described` (see the module docstring), or None when that cannot
-    be said because the event itself uses the key `"$absent"`. The keys in `as_stored` (paths, as in
+    be said because the event itself uses the key `"_absent"`. The keys in `as_stored` (paths, as in
     EVENT_KEY_OF_COLUMN) are left out: their columns were cut, and come back as stored."""
     extra = _difference(event, described, {path[0] for path in as_stored if len(path) == 1})
     if extra is None:

@@ -159,7 +159,7 @@ def test_unicode_comes_back_as_sent(text):
 
 
 def test_an_event_with_the_absent_marker_as_a_key_is_kept_whole_in_raw_event():
-    event = {**EVENT, "$absent": ["sourceIP"]}
+    event = {**EVENT, "_absent": ["sourceIP"]}
     row = row_of(event)
     assert (row["ExtraFields_s"], json.loads(row["RawEvent_s"])) == ("", event)
     assert rebuild(row) == event
@@ -219,8 +219,9 @@ TIMESTAMPS = SECONDS | SECONDS.map(lambda seconds: seconds * 1000) | SECONDS.map
 EVENT_NAMES = st.sampled_from(sorted(event_catalog())) | st.sampled_from(
     sorted(entry["displayName"] for entry in event_catalog().values())
 ) | st.text(min_size=1).filter(str.strip)
-USER_KEYS = ("name", "githubLogin", "avatarUrl", "email")
+USER_KEYS = ("name", "githubLogin", "avatarUrl", "email", ABSENT)
 USERS = st.dictionaries(st.sampled_from(USER_KEYS) | st.text(max_size=8), st.text() | JSON_VALUES, max_size=5)
+EXTRA_KEYS = st.sampled_from([ABSENT, "newField"]) | st.text(max_size=10)
 OPTIONAL_KEYS = ("sourceIP", "description", "user", "tokenID", "tokenName", "actorName", "actorUrn")
 FLAG_KEYS = ("reqOrgAdmin", "reqStackAdmin", "authFailure")
 EVENTS = st.fixed_dictionaries(
@@ -231,9 +232,7 @@ EVENTS = st.fixed_dictionaries(
         **{key: st.booleans() | JSON_VALUES for key in FLAG_KEYS},
     },
 ).flatmap(
-    lambda event: st.dictionaries(st.text(max_size=10), JSON_VALUES, max_size=3).map(
-        lambda extra: {**extra, **event}
-    )
+    lambda event: st.dictionaries(EXTRA_KEYS, JSON_VALUES, max_size=3).map(lambda extra: {**extra, **event})
 )
 
 
