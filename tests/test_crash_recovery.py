@@ -51,9 +51,13 @@ def hold_the_first_upload(w: World) -> None:
 
 
 def hold_the_second_batch(w: World) -> None:
-    # One page of 25 rows of ~90 KB each: three requests under the 1 MB limit.
+    # One page of 25 rows of ~90 KB each (a 45 KB description and a 45 KB field no column holds):
+    # three requests under the 1 MB limit.
     w.api.page_size = 25
-    w.add(w.event(w.now - 2000 + i, description=f"Policy pack {i}: " + "p" * 45_000) for i in range(25))
+    w.add(
+        w.event(w.now - 2000 + i, description=f"Policy pack {i}: " + "p" * 45_000, diff="d" * 45_000)
+        for i in range(25)
+    )
     w.ingestion.faults.add(Fault.delay(HOLD, match=2))
 
 
@@ -63,10 +67,14 @@ def accept_the_first_upload_but_hold_the_answer(w: World) -> None:
 
 
 def hold_the_third_page(w: World) -> None:
-    # Pages of 5 rows of ~120 KB: the first request carries page 1 and the start of page 2, so
-    # page 1 is saved (mid-window) and page 2 keeps what was delivered of it, while page 3 is held.
+    # Pages of 5 rows of ~120 KB (a 60 KB description and a 60 KB field no column holds): the first
+    # request carries page 1 and the start of page 2, so page 1 is saved (mid-window) and page 2
+    # keeps what was delivered of it, while page 3 is held.
     w.api.page_size = 5
-    w.add(w.event(w.now - 2000 + i, description=f"Policy pack {i}: " + "p" * 60_000) for i in range(15))
+    w.add(
+        w.event(w.now - 2000 + i, description=f"Policy pack {i}: " + "p" * 60_000, diff="d" * 60_000)
+        for i in range(15)
+    )
     w.api.faults.add(Fault.delay(HOLD, match=3))
 
 

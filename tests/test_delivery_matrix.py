@@ -77,7 +77,9 @@ def backfill_rerun_with_relative_times(w: World) -> None:
     assert w.run().status == "ok"
 
 
-BIG = 60_000  # a description this long makes a row of about 120 KB: a request carries 8 of them
+# A description and a field no column holds this long make a row of about 120 KB: a request
+# carries 8 of them.
+BIG = 60_000
 
 
 def big_history(w: World, count: int, start_ago: int, end_ago: int) -> list[dict]:
@@ -87,6 +89,7 @@ def big_history(w: World, count: int, start_ago: int, end_ago: int) -> list[dict
     events = simulate_events(ORG, now - start_ago, now - end_ago, count, seed=5)
     for event in events:
         event["description"] += " " + "p" * BIG
+        event["diff"] = "d" * BIG
     w.api.page_size = 5
     return w.add(events)
 
