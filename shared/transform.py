@@ -250,22 +250,22 @@ def encode_row(row: dict[str, Any]) -> EncodedRow:
     return EncodedRow(row, body)
 
 
-def _fit_extra_fields(extra: Mapping[str, Any], limit: int = MAX_FIELD_BYTES) -> tuple[str, bool]:
-    """`extra` as compact JSON within `limit` UTF-8 bytes, and whether a value had to be cut.
+def _fit_extra_fields(extra: Mapping[str, Any]) -> tuple[str, bool]:
+    """`extra` as compact JSON within the field limit, and whether a value had to be cut.
 
     A value that does not fit is replaced by its own JSON, cut visibly, as a string, largest first,
     until the whole fits: the rest of the event still comes back exactly."""
     if not extra:
         return "", False
     text = _compact(extra)
-    if len(text) <= limit // 4 or len(text.encode("utf-8")) <= limit:
+    if len(text) <= MAX_FIELD_BYTES // 4 or len(text.encode("utf-8")) <= MAX_FIELD_BYTES:
         return text, False
     fitted = dict(extra)
     for key in sorted(fitted.keys() - {ABSENT}, key=lambda key: len(_compact(fitted[key])), reverse=True):
         fitted[key] = ""
-        room = limit - _size(fitted)
+        room = MAX_FIELD_BYTES - _size(fitted)
         fitted[key] = _cut(_compact(extra[key]), room)
-        if _size(fitted) <= limit:
+        if _size(fitted) <= MAX_FIELD_BYTES:
             break
     return _compact(fitted), True
 
