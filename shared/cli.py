@@ -223,7 +223,15 @@ def _backfill(connector, args: argparse.Namespace) -> int:
     for org in _chosen_orgs(args, settings.source.orgs):
         try:
             plan, lanes = plan_backfill_lanes(
-                collector.state, org, since, until, now, lookback, args.resend, settings.source.backfill_parallelism
+                collector.state,
+                org,
+                since,
+                until,
+                now,
+                lookback,
+                args.resend,
+                settings.source.backfill_parallelism,
+                collector.holder_ended,
             )
         except LeaseHeld as held:
             reports.append(_live_cursor_being_created(org, held))

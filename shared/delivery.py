@@ -9,7 +9,7 @@ follow: what a backfill still has to send, what a reset changes, and what
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from shared.coverage import Coverage, Range
@@ -100,11 +100,19 @@ class BackfillPlan:
 
 
 def plan_backfill(
-    state: OrgState, since: int, until: int, now: int, *, resend: bool = False, parallelism: int = 1
+    state: OrgState,
+    since: int,
+    until: int,
+    now: int,
+    *,
+    resend: bool = False,
+    parallelism: int = 1,
+    holder_ended: Callable[[str], bool] = lambda holder: False,
 ) -> BackfillPlan:
     """Only what is not yet delivered (all of it with `resend`), never past where live
     collection took over, and never what a running lane still has to send; cut into up to
-    `parallelism` new lanes of about equal length, to be read at once."""
+    `parallelism` new lanes of about equal length, to be read at once. A lane whose holder
+    ended is resumed at once (its lease is taken over)."""
     live = state.live
     end = min(until, live.watermark) if live is not None else until
     delivered = state.delivered().within(since, end)
@@ -113,7 +121,7 @@ def plan_backfill(
         if lane.until is None or lane.watermark >= end or lane.until <= since:
             continue
         holder = state.holder(name, now)
-        (busy.append((name, holder)) if holder else resume.append(name))
+        (busy.append((name, holder)) if holder and not holder_ended(holder.holder) else resume.append(name))
     wanted = Coverage.of([(since, end)]) if resend else state.delivered().gaps(since, end)
     gaps: list[Range] = []
     for start, stop in wanted:

@@ -81,6 +81,7 @@ class CollectionReport:
     saved_pages: int = 0  # pages of this run whose rows were accepted and whose cursor was saved
     late_events: int = 0  # new events found in time read before: the API showed them late
     oldest_late_seconds: int = 0  # how old the oldest of them was when read: size LATE_EVENT_OVERLAP above it
+    took_over_from: str | None = None  # the holder of a lease taken over at once: its process had ended
     status: str = "ok"
     error: str | None = None
 
@@ -102,6 +103,8 @@ class CollectionReport:
         )
         if self.late_events:
             line += f" late_events={self.late_events} oldest_late_seconds={self.oldest_late_seconds}"
+        if self.took_over_from:
+            line += f" took_over_lease_of={self.took_over_from} (its process ended)"
         return f"{line} error={self.error}" if self.error else line
 
 
@@ -151,9 +154,25 @@ class LeaseKeeper:
     third of its time, released at the end. A lease that could not be renewed is lost, and
     the run stops before its next save."""
 
-    def __init__(self, state: StateStore, collection: Collection, holder: str, clock: Callable[[], float]):
+    def __init__(
+        self,
+        state: StateStore,
+        collection: Collection,
+        holder: str,
+        clock: Callable[[], float],
+        holder_ended: Callable[[str], bool],
+    ):
         self._state, self._collection, self._clock = state, collection, clock
-        self._lease = state.acquire_lease(collection.org, collection.name, holder, int(clock()), LEASE_SECONDS)
+        self.took_over_from: str | None = None
+        org, name = collection.org, collection.name
+        try:
+            self._lease = state.acquire_lease(org, name, holder, int(clock()), LEASE_SECONDS)
+        except LeaseHeld as held:
+            # A run killed on this host left its lease: nobody works on the collection, so no need to wait it out.
+            if not holder_ended(held.holder):
+                raise
+            self._lease = state.acquire_lease(org, name, holder, int(clock()), LEASE_SECONDS, held.holder)
+            self.took_over_from = held.holder
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.lost: str | None = None
@@ -204,6 +223,8 @@ class Collector:
     dead_letters: DeadLetterStore
     catalog: EventCatalog
     holder: str
+    # Whether a lease's holder is a process of this host that has ended (see wiring.holder_process_ended).
+    holder_ended: Callable[[str], bool] = lambda holder: False
     wall_clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     progress: list[Callable[[Collection, Cursor, CollectionReport], None]] = field(default_factory=list)
@@ -214,7 +235,15 @@ class Collector:
         cursor: Cursor | None = None
         keeper: LeaseKeeper | None = None
         try:
-            keeper = LeaseKeeper(self.state, collection, self.holder, self.wall_clock)
+            keeper = LeaseKeeper(self.state, collection, self.holder, self.wall_clock, self.holder_ended)
+            if keeper.took_over_from:
+                report.took_over_from = keeper.took_over_from
+                log.warning(
+                    "org=%s took over the lease on %s at once: its holder %s ended on this host",
+                    collection.org,
+                    collection.name,
+                    keeper.took_over_from,
+                )
             state = self.state.load_org(collection.org)
             stored = state.cursors.get(collection.name)
             if stored is None:
@@ -442,6 +471,7 @@ def plan_backfill_lanes(
     initial_lookback_seconds: int,
     resend: bool,
     parallelism: int = 1,
+    holder_ended: Callable[[str], bool] = lambda holder: False,
 ) -> tuple[BackfillPlan, list[Collection]]:
     """What a backfill of [since, until) sends: the lanes of an interrupted backfill to resume,
     and up to `parallelism` new lanes over what no run delivered (the whole range with `resend`).
@@ -450,7 +480,9 @@ def plan_backfill_lanes(
     backfill planning at the same moment then plans again, and finds them running."""
     for _ in range(FOLD_ATTEMPTS):
         current = ensure_live_cursor(state, org, now, initial_lookback_seconds)
-        plan = plan_backfill(current, since, until, now, resend=resend, parallelism=parallelism)
+        plan = plan_backfill(
+            current, since, until, now, resend=resend, parallelism=parallelism, holder_ended=holder_ended
+        )
         claims = {lane_name(start, end): Cursor.starting_at(start, end) for start, end in plan.new_lanes}
         try:
             if claims:

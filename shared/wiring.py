@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
 
+import psutil
 import requests
 from azure.core.credentials import TokenCredential
 from azure.core.pipeline.transport import RequestsTransport
@@ -105,8 +106,32 @@ def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsInges
 
 
 def run_holder() -> str:
-    """Who holds a lease: this host and process, and a nonce so two runs of one process differ."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """Who holds a lease: this host, process and the second that process started (a pid alone
+    may be reused), and a nonce so two runs of one process differ."""
+    return f"{_host()}:{os.getpid()}:{_started(psutil.Process())}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_process_ended(holder: str) -> bool:
+    """Whether a lease's holder is a process of this host that no longer runs: one that is gone,
+    or whose pid now belongs to a process started at another second. A holder of another host,
+    or one written in another form, may be alive for all this host can tell."""
+    parts = holder.split(":")
+    if len(parts) != 4 or parts[0] != _host() or not (parts[1].isdigit() and parts[2].isdigit()):
+        return False
+    try:
+        return _started(psutil.Process(int(parts[1]))) != int(parts[2])
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # a process this user may not inspect is alive
+        return False
+
+
+def _host() -> str:
+    return socket.gethostname()[:40].replace(":", "-")
+
+
+def _started(process: psutil.Process) -> int:
+    return int(process.create_time())
 
 
 def run_host(environ: Mapping[str, str]) -> str:
@@ -200,6 +225,7 @@ def connector_from_settings(settings: Settings, host: str, credential: TokenCred
         dead_letters=dead_letters,
         catalog=default_catalog(),
         holder=run_holder(),
+        holder_ended=holder_process_ended,
     )
     return Connector(settings=settings, collector=collector, health=HealthReporter(health_sink, host))
 
