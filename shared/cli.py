@@ -216,6 +216,7 @@ def _backfill(connector, args: argparse.Namespace) -> int:
     now = int(collector.wall_clock())
     since = parse_time(args.since, now)
     until = parse_time(args.until, now) if args.until else now - SETTLE_DELAY_SECONDS
+    requested_until = until if args.until else now  # what is left of it after the settled part is too recent
     if until <= since:
         raise UsageError(f"--until ({iso_utc(until)}) is not after --since ({iso_utc(since)})")
     reports: list[CollectionReport] = []
@@ -258,10 +259,18 @@ def _backfill(connector, args: argparse.Namespace) -> int:
                     error=f"another run works on it: {lease.holder} until {iso_utc(lease.expires_at)}",
                 )
             )
-        if not lanes:
+        if lanes:
+            reports += _run_lanes(collector, lanes, settings.source.backfill_parallelism)
+        else:
             print(f"  nothing to send for {org}", file=sys.stderr)
-            continue
-        reports += _run_lanes(collector, lanes, settings.source.backfill_parallelism)
+        settled_before = now - SETTLE_DELAY_SECONDS
+        tail = collector.state.load_org(org).too_recent(since, requested_until, settled_before)
+        if tail:
+            print(
+                f"  the last {tail.seconds()} s are too recent (the API shows events up to "
+                f"{SETTLE_DELAY_SECONDS} s late); run again after {iso_utc(tail.ranges[-1][1] + SETTLE_DELAY_SECONDS)}",
+                file=sys.stderr,
+            )
     connector.report_health(reports)
     return _finish(reports)
 

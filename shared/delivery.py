@@ -69,6 +69,21 @@ class OrgState:
         """What running backfill lanes have still to send: nobody else may take it."""
         return Coverage.of((lane.watermark, lane.until) for lane in self.lanes.values() if lane.until is not None)
 
+    def gaps(self) -> Coverage:
+        """Undelivered time between delivered ranges, and before where live collection starts:
+        a forward reset leaves one at once, before live collection delivers anything after it."""
+        delivered = self.delivered()
+        live = self.live
+        if live is None or not delivered:
+            return delivered.internal_gaps()
+        return delivered.internal_gaps().union(delivered.gaps(delivered.ranges[0][0], live.origin))
+
+    def too_recent(self, since: int, until: int, settled_before: int) -> Coverage:
+        """What of [since, until) no run delivered yet and no backfill may read before `settled_before`
+        has passed it (the API shows events late): up to where live collection took over."""
+        end = min(until, self.live.watermark) if self.live is not None else until
+        return self.delivered().gaps(max(since, settled_before), end)
+
     def holder(self, name: str, now: int) -> Lease | None:
         lease = self.leases.get(name)
         return lease if lease and lease.active(now) else None
@@ -202,7 +217,7 @@ def describe(state: OrgState, now: int) -> dict:
         "lag_seconds": live.lag_seconds(now) if live else None,
         "mid_window": bool(live and live.window is not None),
         "delivered": list(delivered),
-        "gaps": list(delivered.internal_gaps()),
+        "gaps": list(state.gaps()),
         "live_lease": {"holder": lease.holder, "expires_at": lease.expires_at} if lease else None,
         "backfills": [
             {
