@@ -5,7 +5,8 @@ Settings come from the environment and, for what it does not set, from the `Valu
 serves both.
 
 Exit status: 0 success (an org another run holds is skipped, not failed), 1 a run that
-did not complete (the reason on one line), 2 bad settings or arguments.
+did not complete (the reason on one line), 2 bad settings or arguments, 130 or 143 stopped by
+SIGINT or SIGTERM (`run`, `backfill` and `deadletter replay` save what was accepted first).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from shared.cursor import Cursor
 from shared.delivery import LIVE, describe, plan_reset
+from shared.graceful_stop import GracefulStop
 from shared.logs import quiet_library_logs
 from shared.pipeline import (
     INVALID_EVENT_PREFIX,
@@ -41,7 +43,8 @@ from shared.transform import InvalidEvent, encode_row, iso_utc, normalize
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 EXIT_CODES = (
-    "exit status: 0 every org ok or skipped (another run holds it), 1 an org failed, 2 bad settings or arguments"
+    "exit status: 0 every org ok or skipped (another run holds it), 1 an org failed, 2 bad settings or arguments, "
+    "130/143 stopped by SIGINT/SIGTERM after saving what was accepted"
 )
 
 
@@ -170,10 +173,21 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
     from shared.wiring import connector_from_environment
 
-    connector = connector_from_environment(environ)
+    stop = GracefulStop(LEASE_SECONDS)
+    stop.install()
+    connector = connector_from_environment(environ, stop.requested)
     if args.command == "run":
-        return _finish(connector.run_once())
-    return _backfill(connector, args)
+        status = _finish(connector.run_once())
+        again = "the next run"
+    else:
+        status = _backfill(connector, args, stop.requested)
+        again = "running the same backfill again"
+    return _stopped(stop, again) if stop.requested.is_set() else status
+
+
+def _stopped(stop: GracefulStop, again: str) -> int:
+    print(stop.resume_line(again), file=sys.stderr)
+    return stop.exit_status or 1
 
 
 def _finish(reports: list[CollectionReport]) -> int:
@@ -210,7 +224,7 @@ def _chosen_orgs(args: argparse.Namespace, configured: Sequence[str]) -> list[st
     return given or list(configured)
 
 
-def _backfill(connector, args: argparse.Namespace) -> int:
+def _backfill(connector, args: argparse.Namespace, stop: threading.Event) -> int:
     settings = connector.settings
     collector = connector.collector
     now = int(collector.wall_clock())
@@ -222,6 +236,8 @@ def _backfill(connector, args: argparse.Namespace) -> int:
     reports: list[CollectionReport] = []
     lookback = int(settings.source.initial_lookback.total_seconds())
     for org in _chosen_orgs(args, settings.source.orgs):
+        if stop.is_set():
+            break
         try:
             plan, lanes = plan_backfill_lanes(
                 collector.state,
@@ -265,7 +281,7 @@ def _backfill(connector, args: argparse.Namespace) -> int:
             print(f"  nothing to send for {org}", file=sys.stderr)
         settled_before = now - SETTLE_DELAY_SECONDS
         tail = collector.state.load_org(org).too_recent(since, requested_until, settled_before)
-        if tail:
+        if tail and not stop.is_set():
             print(
                 f"  the last {tail.seconds()} s are too recent (the API shows events up to "
                 f"{SETTLE_DELAY_SECONDS} s late); run again after {iso_utc(tail.ranges[-1][1] + SETTLE_DELAY_SECONDS)}",
@@ -468,9 +484,12 @@ def _deadletter(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 )
             )
         return 0
+    from shared.ingestion_sink import batches
     from shared.ports import SinkUnavailable
     from shared.wiring import azure_credential, ingestion_sink
 
+    stop = GracefulStop(LEASE_SECONDS)
+    stop.install()
     settings, _, dead_letters = _stores(environ, frozenset({"sink"}))
     orgs = _chosen_orgs(args, settings.orgs) if args.org else [None]
     sink = ingestion_sink(settings.sink, azure_credential(settings))
@@ -478,15 +497,24 @@ def _deadletter(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     letters = [
         letter for org in orgs for letter in dead_letters.list(org) if not letter.key.startswith(INVALID_EVENT_PREFIX)
     ]
+    by_row = {id(letter.row): letter for letter in letters}
+    tried = accepted = 0
     try:
-        refused = {id(item.row) for item in sink.send([encode_row(letter.row) for letter in letters])}
+        # A request at a time, so a stop waits for one request at most.
+        for batch in batches([encode_row(letter.row) for letter in letters]):
+            if stop.requested.is_set():
+                break
+            refused = {id(item.row) for item in sink.send(batch)}
+            tried += len(batch)
+            for encoded in batch:
+                if id(encoded.row) not in refused:
+                    dead_letters.remove(by_row[id(encoded.row)])
+                    accepted += 1
     except SinkUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    accepted = [letter for letter in letters if id(letter.row) not in refused]
-    for letter in accepted:
-        dead_letters.remove(letter)
-    print(
-        f"replayed {len(accepted)} of {len(letters)} dead-lettered rows; {len(letters) - len(accepted)} still refused"
-    )
-    return 0 if len(accepted) == len(letters) else 1
+    untried = f"; {len(letters) - tried} not tried" if tried < len(letters) else ""
+    print(f"replayed {accepted} of {len(letters)} dead-lettered rows; {tried - accepted} still refused{untried}")
+    if stop.requested.is_set():
+        return _stopped(stop, "running deadletter replay again")
+    return 0 if accepted == len(letters) else 1

@@ -65,8 +65,8 @@ FOLD_ATTEMPTS = 17
 
 @dataclass
 class CollectionReport:
-    """What one run did for one collection; `status` is ok, stopped (time budget), skipped
-    (another run holds the lease) or failed."""
+    """What one run did for one collection; `status` is ok, stopped (time budget, SIGINT or
+    SIGTERM), skipped (another run holds the lease) or failed."""
 
     org: str
     collection: str = LIVE
@@ -225,6 +225,8 @@ class Collector:
     holder: str
     # Whether a lease's holder is a process of this host that has ended (see wiring.holder_process_ended).
     holder_ended: Callable[[str], bool] = lambda holder: False
+    # Set on SIGINT/SIGTERM: collections stop reading, end the request in flight, save and release.
+    stop: threading.Event = field(default_factory=threading.Event)
     wall_clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     progress: list[Callable[[Collection, Cursor, CollectionReport], None]] = field(default_factory=list)
@@ -232,6 +234,9 @@ class Collector:
     def collect(self, collection: Collection, deadline: float | None = None) -> CollectionReport:
         """Advance one cursor until it is caught up, the deadline passes, or something fails."""
         report = CollectionReport(org=collection.org, collection=collection.name)
+        if self.stop.is_set():
+            report.status = "stopped"
+            return report
         cursor: Cursor | None = None
         keeper: LeaseKeeper | None = None
         try:
@@ -303,14 +308,20 @@ class Collector:
             collection.plan,
             deadline,
             self.monotonic,
+            self.stop,
         ).start()
         uploader = Uploader(
             self.sink, self.state, self.dead_letters, collection.org, collection.name, etag, keeper.check, after_save,
-            report,
+            report, self.stop,
         )
         try:
             while True:
+                if self.stop.is_set():
+                    report.status = "stopped"
+                    return uploader.finish()
                 item = reader.next()
+                if item is None:
+                    continue  # a stop was requested
                 if isinstance(item, ReadingEnded):
                     report.status = "stopped" if item.stopped else report.status
                     return uploader.finish()
