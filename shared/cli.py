@@ -428,12 +428,24 @@ def _render(view: dict) -> str:
     return "\n".join(lines)
 
 
-def _reset(state, org: str, target: int, now: int) -> int:
-    from shared.wiring import run_holder
+def _live_lease(state, org: str, now: int):
+    """The org's live lease for a reset, taken over at once from a process of this host that ended."""
+    from shared.wiring import holder_process_ended, run_holder
 
     holder = run_holder()
     try:
-        lease = state.acquire_lease(org, LIVE, holder, now, LEASE_SECONDS)
+        return state.acquire_lease(org, LIVE, holder, now, LEASE_SECONDS)
+    except LeaseHeld as held:
+        if not holder_process_ended(held.holder):
+            raise
+        lease = state.acquire_lease(org, LIVE, holder, now, LEASE_SECONDS, held.holder)
+        print(f"org {org!r}: took over the live lease of {held.holder}, whose process ended")
+        return lease
+
+
+def _reset(state, org: str, target: int, now: int) -> int:
+    try:
+        lease = _live_lease(state, org, now)
     except LeaseHeld as held:
         print(f"error: org {org!r} is being collected right now ({held}); try again then", file=sys.stderr)
         return 1

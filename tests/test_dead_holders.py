@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -96,3 +97,14 @@ def test_a_holder_this_host_cannot_prove_ended_keeps_its_lease_until_it_expires(
     assert not holder_process_ended(holder)
     report = collect_while_held_by(holder)
     assert report.status == "skipped" and holder in report.error
+
+
+def test_checkpoint_reset_takes_over_the_live_lease_of_an_ended_process_of_this_host(deployment, ended_pid):
+    pid, start = ended_pid
+    dead = f"{HOST}:{pid}:{start}:deadbeef"
+    now = int(time.time())
+    deployment.state().acquire_lease("acme", LIVE, dead, now, LEASE_SECONDS)
+    result = deployment.run_cli("checkpoint", "reset", "--org", "acme", "--to", str(now - 600))
+    assert result.returncode == 0, result.stderr
+    assert f"took over the live lease of {dead}, whose process ended" in result.stdout
+    assert deployment.checkpoint().watermark == now - 600
