@@ -15,15 +15,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from shared.catalog import default_catalog
 from shared.delivery import LIVE
-from shared.pipeline import LEASE_SECONDS
+from shared.pipeline import LEASE_SECONDS, Collector, live_collection
 from shared.standins import Fault, simulate_events
+from shared.state_store import memory_state_store
+from tests.fakes import FakeAuditSource, FakeSink, InMemoryDeadLetterStore
 from tests.harness import REPO_ROOT, Deployment, expected_ids
 from tests.invariants import wait_until
 
@@ -192,3 +196,66 @@ def test_the_timer_worker_stops_its_cycle_on_sigterm_then_dies_of_it(deployment,
     deployment.pulumi_api.faults.clear()
     assert deployment.run_cli("run").returncode == 0
     assert Counter(deployment.landed().values()) == Counter({1: 40})
+
+
+# -- the collector's side of a stop, against in-memory fakes --------------------------------------
+
+NOW = 1_800_000_000
+
+
+class StopAtFetch(FakeAuditSource):
+    """Sets the collector's stop while it fetches page `at` (as a signal arriving then would)."""
+
+    def __init__(self, at: int):
+        super().__init__(page_size=10)
+        self.at = at
+        self.stop = threading.Event()
+
+    def fetch_page(self, org, start, end, continuation_token):
+        if len(self.calls) + 1 == self.at:
+            self.stop.set()
+        return super().fetch_page(org, start, end, continuation_token)
+
+
+def stoppable(source: StopAtFetch, state) -> Collector:
+    return Collector(
+        source=source,
+        sink=FakeSink(),
+        state=state,
+        dead_letters=InMemoryDeadLetterStore(),
+        catalog=default_catalog(),
+        holder="test-run",
+        stop=source.stop,
+        wall_clock=lambda: NOW,
+        monotonic=lambda: 0.0,
+    )
+
+
+def fake_events(count: int) -> list[dict]:
+    return [
+        {"timestamp": NOW - 3000 + index, "event": "stack-updated", "description": f"e{index}", "user": {"name": "A"}}
+        for index in range(count)
+    ]
+
+
+def test_a_stop_fetches_no_page_after_it_saves_what_was_accepted_and_releases_the_lease():
+    source, state = StopAtFetch(at=3), memory_state_store()
+    source.add("acme", *fake_events(100))
+    collector = stoppable(source, state)
+    report = collector.collect(live_collection("acme", NOW, 3600, 600))
+    assert report.status == "stopped" and len(source.calls) == 3
+    assert state.load_org("acme").leases == {}
+
+    # What the stopped run sent is saved: the rerun sends exactly the rest.
+    source.stop.clear()
+    again = collector.collect(live_collection("acme", NOW, 3600, 600))
+    assert again.status == "ok" and len(collector.sink.rows) == 100
+    assert len({row["EventId_s"] for row in collector.sink.rows}) == 100
+
+
+def test_a_collection_not_started_when_the_stop_came_is_left_alone():
+    source, state = StopAtFetch(at=0), memory_state_store()
+    source.stop.set()
+    report = stoppable(source, state).collect(live_collection("acme", NOW, 3600, 600))
+    assert report.status == "stopped" and source.calls == []
+    assert state.load_org("acme").leases == {} and state.load_org("acme").live is None
