@@ -5,15 +5,19 @@ the ports (shared/ports.py), so tests run it against in-memory fakes as well as 
 real clients. Per collection (an org's live feed or a backfill lane), under its lease:
 
 1. a reader thread fetches the pages of the cursor's windows, a few ahead (shared/stages.py);
-2. this thread transforms each page and drops the events the cursor's ledger says were sent;
+2. this thread transforms each page and hands it to the cursor in one call (`Cursor.take_page`),
+   which drops the events its ledger says were sent and says what to save after the upload;
 3. an upload thread fills requests of about 1 MB across pages; rows the service refuses go
    to the dead-letter store, never nowhere;
 4. only once every row of a page was accepted is the cursor saved past it, with the page's
    ledger segment, in one transaction conditional on the ETag, strictly in page order.
 
-A crash before step 4 re-reads those pages next run: at worst the rows of a request in
-flight are sent twice, with the same EventId_s. A crash after step 4 loses nothing. The
-lease keeps a second run off the collection, so two runs never send the same page.
+A crash before step 4 re-reads those pages next run: at worst the rows of the request in
+flight are sent twice, with the same EventId_s; the uploader saves before it sends the next
+request, so that is one request per collection (several collections run at once). A crash
+after step 4 loses nothing. The lease keeps a second run off the collection, so two runs
+never send the same page. SIGINT and SIGTERM set `Collector.stop`: reading stops, the request
+in flight ends and is saved, and the lease is released (shared/graceful_stop.py).
 """
 
 from __future__ import annotations
@@ -29,10 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.catalog import EventCatalog
-from shared.cursor import DIGEST_KEY_BYTES, RECENT_REREAD_SECONDS, Cursor, SegmentEntry, WindowPlan
+from shared.cursor import (
+    DIGEST_KEY_BYTES,
+    RECENT_REREAD_SECONDS,
+    Cursor,
+    PendingSave,
+    SegmentEntry,
+    WindowPlan,
+)
 from shared.delivery import LIVE, BackfillPlan, OrgState, first_live_cursor, fold_lane, lane_name, plan_backfill
 from shared.ports import (
-    AuditPage,
     AuditSource,
     DeadLetterStore,
     DeadLetterUnavailable,
@@ -46,7 +56,15 @@ from shared.ports import (
     StateStore,
     StateUnavailable,
 )
-from shared.stages import WINDOW_RESTARTED, PageReader, PageRecord, ReadingEnded, ReadingFailed, Uploader
+from shared.stages import (
+    WINDOW_RESTARTED,
+    FetchedPage,
+    PageReader,
+    PageRecord,
+    ReadingEnded,
+    ReadingFailed,
+    Uploader,
+)
 from shared.transform import InvalidEvent, encode_row, normalize, raw_digest, truncate_visibly, valid_utf8
 
 log = logging.getLogger("shared.pipeline")
@@ -331,34 +349,20 @@ class Collector:
                 if item is WINDOW_RESTARTED:
                     cursor.restart_window()
                     continue
-                if cursor.window is None:
-                    cursor.open_window(collection.plan)
                 if item.loops:
-                    # The token chain can't be trusted: the next run reads the window from its first
-                    # page again, and the ledger drops what was already sent.
-                    cursor.restart_window()
-                    uploader.add([], [], self._record(collection, cursor, (), 0, report.pages))
+                    save = cursor.abandon_pass(item.window, collection.plan)
+                    uploader.add([], [], PageRecord(save, (), 0, report.pages))
                     uploader.finish()
                     raise SourceError(
                         f"Pulumi API paging loops for org {collection.org!r}: a continuation token came back twice"
                     )
                 report.pages += 1
                 report.fetched += len(item.page.events)
-                rows, marks, invalid = self._rows_of_page(collection, cursor, item.page, report)
-                cursor.finish_page(item.page.next_token, collection.plan, len(item.page.events))
-                uploader.add(rows, marks, self._record(collection, cursor, invalid, len(rows), report.pages))
+                rows, marks, invalid, save = self._take_page(collection, cursor, item, report)
+                uploader.add(rows, marks, PageRecord(save, tuple(invalid), len(rows), report.pages))
         finally:
             reader.stop()
             uploader.abandon()
-
-    @staticmethod
-    def _record(
-        collection: Collection, cursor: Cursor, invalid: Sequence[RefusedRow], rows: int, page_number: int
-    ) -> PageRecord:
-        """What to save once the page's rows are accepted: the cursor and what the page changed."""
-        segment = cursor.take_segment()
-        stale = cursor.stale_segments(collection.plan)  # may name the page's own segment
-        return PageRecord(cursor.snapshot(), segment, tuple(stale), tuple(invalid), rows, page_number)
 
     def _fold(self, collection: Collection, etag: str | None) -> None:
         """A finished lane becomes part of the org's coverage, and its cursor goes."""
@@ -374,29 +378,34 @@ class Collector:
                 continue  # another lane folded at the same moment; read the coverage again
         raise StateConflict(f"could not fold {collection.name} of org {collection.org!r} into its coverage")
 
-    def _rows_of_page(
-        self, collection: Collection, cursor: Cursor, page: AuditPage, report: CollectionReport
-    ) -> tuple[list[EncodedRow], list[SegmentEntry], list[RefusedRow]]:
-        """The page's new rows, serialised; what each adds to the ledger; the events that can't be rows."""
+    def _take_page(
+        self, collection: Collection, cursor: Cursor, item: FetchedPage, report: CollectionReport
+    ) -> tuple[list[EncodedRow], list[SegmentEntry], list[RefusedRow], PendingSave]:
+        """The page's new rows, serialised; what each adds to the ledger; the events that can't be
+        rows; and what to save once the rows are accepted."""
         org = collection.org
-        window = cursor.window
         read_at = collection.plan.settled_before + collection.plan.overlap
-        rows: list[EncodedRow] = []
-        marks: list[SegmentEntry] = []
+        valid = []
         invalid: list[RefusedRow] = []
-        for event in page.events:
+        for event in item.page.events:
             try:
-                normalized = normalize(org, event, self.catalog)
+                valid.append(normalize(org, event, self.catalog))
             except InvalidEvent as error:
                 invalid.append(RefusedRow(invalid_event_row(org, event), f"invalid event: {error}"))
-                continue
-            if not window.contains(normalized.timestamp):
-                continue  # outside this window (the API bounds are inclusive); a neighbouring window reads it
-            occurrence = cursor.admit(normalized.identity, normalized.timestamp)
+        taken = cursor.take_page(
+            item.window,
+            [(normalized.identity, normalized.timestamp) for normalized in valid],
+            item.page.next_token,
+            len(item.page.events),
+            collection.plan,
+        )
+        report.duplicates += taken.duplicates
+        rows: list[EncodedRow] = []
+        marks: list[SegmentEntry] = []
+        for normalized, occurrence, late in zip(valid, taken.occurrences, taken.late, strict=True):
             if occurrence is None:
-                report.duplicates += 1
                 continue
-            if window.reread or normalized.timestamp < cursor.watermark:
+            if late:
                 report.late_events += 1
                 report.oldest_late_seconds = max(report.oldest_late_seconds, read_at - normalized.timestamp)
             row = normalized.row(occurrence)
@@ -410,7 +419,7 @@ class Collector:
                 )
             rows.append(encode_row(row))
             marks.append(SegmentEntry(normalized.identity[:DIGEST_KEY_BYTES], normalized.timestamp, 0, occurrence))
-        return rows, marks, invalid
+        return rows, marks, invalid, taken.save
 
 
 INVALID_EVENT_PREFIX = "invalid-"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.cursor import Cursor, LedgerSegment, SegmentEntry, Window, WindowPlan
+from shared.cursor import Cursor, LedgerSegment, PendingSave, SegmentEntry, Window, WindowPlan
 from shared.ports import (
     MAX_BODY_BYTES,
     AuditPage,
@@ -173,12 +173,22 @@ class PageReader:
 class PageRecord:
     """A handled page, and what to save once all of its rows were accepted."""
 
-    cursor: Cursor  # the cursor's position after the page
-    segment: LedgerSegment | None  # what the page changed in the ledger
-    stale: tuple[int, ...]  # segments nothing needs once this is saved (the page's own, when it sent nothing needed)
+    save: PendingSave  # the cursor after the page, its ledger segment, and the segments it makes stale
     invalid: tuple[RefusedRow, ...]  # events that could not become rows, dead-lettered before the save
     rows: int  # how many rows of the page go to the sink
     page_number: int  # pages of this run handled up to this one
+
+    @property
+    def cursor(self) -> Cursor:
+        return self.save.cursor
+
+    @property
+    def segment(self) -> LedgerSegment | None:
+        return self.save.segment
+
+    @property
+    def stale(self) -> tuple[int, ...]:
+        return self.save.stale
 
 
 _FLUSH = object()
