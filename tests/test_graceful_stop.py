@@ -259,3 +259,11 @@ def test_a_collection_not_started_when_the_stop_came_is_left_alone():
     report = stoppable(source, state).collect(live_collection("acme", NOW, 3600, 600))
     assert report.status == "stopped" and source.calls == []
     assert state.load_org("acme").leases == {} and state.load_org("acme").live is None
+
+
+def test_an_idle_timer_worker_dies_of_sigterm_at_once():
+    idle = "import os, signal, function_app\nos.kill(os.getpid(), signal.SIGTERM)\nprint('carried on')\n"
+    result = subprocess.run(
+        [sys.executable, "-c", idle], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == -signal.SIGTERM and "carried on" not in result.stdout, result.stderr
