@@ -528,5 +528,6 @@ def _deadletter(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     untried = f"; {len(letters) - tried} not tried" if tried < len(letters) else ""
     print(f"replayed {accepted} of {len(letters)} dead-lettered rows; {tried - accepted} still refused{untried}")
     if stop.requested.is_set():
-        return _stopped(stop, "running deadletter replay again")
+        print(stop.resume_line("running deadletter replay again", leases=False), file=sys.stderr)
+        return stop.exit_status or 1
     return 0 if accepted == len(letters) else 1

@@ -48,12 +48,11 @@ class GracefulStop:
     def exit_status(self) -> int | None:
         return EXIT_STATUS[self.signal] if self.signal is not None else None
 
-    def resume_line(self, command: str) -> str:
+    def resume_line(self, command: str, leases: bool = True) -> str:
         name = self.signal.name if self.signal is not None else "a signal"
-        return (
-            f"stopped by {name}: what Logs Ingestion accepted is saved and the leases are released; "
-            f"{command} resumes where this run stopped"
-        )
+        released = " and the leases are released" if leases else ""
+        saved = f"what Logs Ingestion accepted is saved{released}"
+        return f"stopped by {name}: {saved}; {command} resumes where this run stopped"
 
     def working(self) -> _Working:
         """A context for one cycle of work, so that a signal meeting none is passed on at once."""
