@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +76,8 @@ BACKFILL_MAX_WINDOW_SECONDS = 86400
 # A run killed while it holds a lease delays that collection by at most this long. A
 # working run renews its lease every third of it.
 LEASE_SECONDS = 120
+# How often the thread that waits for collections wakes up to run a signal's handler.
+SIGNAL_CHECK_SECONDS = 0.1
 # A finished lane's coverage write can meet another lane's; each conflict means another lane
 # folded, so this many attempts outlast every other lane of a backfill (BACKFILL_PARALLELISM <= 16).
 FOLD_ATTEMPTS = 17
@@ -275,8 +277,8 @@ class Collector:
                 cursor, etag = stored.cursor, stored.etag
             # Segments without a cursor hold rows a failed first run delivered: they are not sent again.
             cursor.restore(self.state.load_segments(collection.org, collection.name), collection.plan)
-            etag = self._advance(collection, cursor, etag, report, deadline, keeper)
-            if cursor.finished:
+            etag, all_saved = self._advance(collection, cursor, etag, report, deadline, keeper)
+            if cursor.finished and all_saved:
                 self._fold(collection, etag)
         except LeaseHeld as held:
             report.status = "skipped"
@@ -310,8 +312,9 @@ class Collector:
         report: CollectionReport,
         deadline: float | None,
         keeper: LeaseKeeper,
-    ) -> str | None:
-        """Transform pages as the reader hands them over, and hand their rows to the uploader."""
+    ) -> tuple[str | None, bool]:
+        """Transform pages as the reader hands them over, and hand their rows to the uploader.
+        The cursor's ETag, and whether every page handled was saved (a stop leaves some unsent)."""
 
         def after_save(saved: Cursor, page_number: int) -> None:
             report.saved_pages = page_number
@@ -332,17 +335,24 @@ class Collector:
             self.sink, self.state, self.dead_letters, collection.org, collection.name, etag, keeper.check, after_save,
             report, self.stop,
         )
+
+        def finish() -> tuple[str | None, bool]:
+            etag = uploader.finish()
+            if not uploader.all_saved:
+                report.status = "stopped"  # a stop came before the last pages were sent
+            return etag, uploader.all_saved
+
         try:
             while True:
                 if self.stop.is_set():
                     report.status = "stopped"
-                    return uploader.finish()
+                    return finish()
                 item = reader.next()
                 if item is None:
                     continue  # a stop was requested
                 if isinstance(item, ReadingEnded):
                     report.status = "stopped" if item.stopped else report.status
-                    return uploader.finish()
+                    return finish()
                 if isinstance(item, ReadingFailed):
                     uploader.finish()  # what was read before the failure is sent and saved
                     raise item.error
@@ -459,7 +469,12 @@ def collect_at_once(
     in its own thread; the reports come in the order of `collections`."""
     workers = max(1, min(parallelism, len(collections)))
     with ThreadPoolExecutor(workers, thread_name_prefix="collect") as pool:
-        return list(pool.map(lambda collection: collector.collect(collection, deadline), collections))
+        running = [pool.submit(collector.collect, collection, deadline) for collection in collections]
+        # Wait in slices: Python runs a signal's handler (SIGINT, SIGTERM) only in the main thread,
+        # between bytecodes, and a wait on a lock is not woken by a signal another thread received.
+        while wait(running, timeout=SIGNAL_CHECK_SECONDS).not_done:
+            continue
+        return [future.result() for future in running]
 
 
 def ensure_live_cursor(state: StateStore, org: str, now: int, initial_lookback_seconds: int) -> OrgState:

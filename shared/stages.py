@@ -221,6 +221,7 @@ class Uploader:
         self._bytes = 1
         self._records: deque[list] = deque()  # [PageRecord, rows not yet accepted, marks of rows accepted]
         self._delivered_in_part: set[int] = set()  # segments written for a page not complete yet
+        self._added_pages = self._saved_pages = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"upload-{org}-{name}")
         self._thread.start()
@@ -228,7 +229,7 @@ class Uploader:
     def add(self, rows: Sequence[EncodedRow], marks: Sequence[SegmentEntry], record: PageRecord) -> None:
         """Hand a page's rows over; blocks while `PAGES_QUEUED_FOR_UPLOAD` pages wait already."""
         self._raise_if_failed()
-        self._handover.put((rows, marks, record), self._ended)
+        self._added_pages += self._handover.put((rows, marks, record), self._ended)
         self._raise_if_failed()
 
     def finish(self) -> str | None:
@@ -238,6 +239,11 @@ class Uploader:
         self._thread.join()
         self._raise_if_failed()
         return self.etag
+
+    @property
+    def all_saved(self) -> bool:
+        """Whether every page handed over was saved (once `finish` returned)."""
+        return self._saved_pages == self._added_pages
 
     def abandon(self) -> None:
         """Stop without sending what is left: those pages are read again next run."""
@@ -327,6 +333,7 @@ class Uploader:
         if gone:
             self._state.delete_segments(self._org, self._name, sorted(gone))
         self._delivered_in_part -= {segment.sequence for segment in segments}
+        self._saved_pages += len(completed)
         self._after_save(last.cursor, last.page_number)
 
     def _dead_letter(self, refused: Sequence[RefusedRow]) -> None:

@@ -24,7 +24,7 @@ import pytest
 
 from shared.catalog import default_catalog
 from shared.delivery import LIVE
-from shared.pipeline import LEASE_SECONDS, Collector, live_collection
+from shared.pipeline import LEASE_SECONDS, Collector, live_collection, plan_backfill_lanes
 from shared.standins import Fault, simulate_events
 from shared.state_store import memory_state_store
 from tests.fakes import FakeAuditSource, FakeSink, InMemoryDeadLetterStore
@@ -267,3 +267,27 @@ def test_an_idle_timer_worker_dies_of_sigterm_at_once():
         [sys.executable, "-c", idle], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == -signal.SIGTERM and "carried on" not in result.stdout, result.stderr
+
+
+def test_a_lane_stopped_with_pages_unsent_is_not_folded_and_its_rerun_sends_the_rest_once():
+    source, state = StopAtFetch(at=0), memory_state_store()
+    start, until = NOW - 86400, NOW - 86400 + 1800  # one window holds the whole lane
+    big = [
+        {"timestamp": start + 60 * index, "event": "stack-updated", "description": f"e{index} " + "p" * 60_000}
+        for index in range(30)
+    ]
+    source.add("acme", *big)
+    source.page_size = 30  # one page: the cursor has finished the lane before its rows are all sent
+    collector = stoppable(source, state)
+    collector.sink.before_send = source.stop.set  # the signal comes while the first request is in flight
+    [lane] = plan_backfill_lanes(state, "acme", start, until, NOW, 3600, False)[1]
+    stopped = collector.collect(lane)
+    assert stopped.status == "stopped" and 0 < len(collector.sink.rows) < 30
+    assert lane.name in state.load_org("acme").lanes, "folded with pages unsent"
+
+    source.stop.clear()
+    collector.sink.before_send = lambda: None
+    [lane] = plan_backfill_lanes(state, "acme", start, until, NOW, 3600, False)[1]
+    assert collector.collect(lane).status == "ok"
+    assert state.load_org("acme").lanes == {}
+    assert sorted(row["Description_s"][:4] for row in collector.sink.rows) == sorted(e["description"][:4] for e in big)
