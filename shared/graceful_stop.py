@@ -12,9 +12,11 @@ the worker still shuts down as its host asked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -29,7 +31,7 @@ class GracefulStop:
         self._lease_seconds = lease_seconds
         self._previous: dict[int, Any] = {}
         self._working = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the handler may run while its own thread holds it
         self._pass_on = False
         self._forwarding = False
 
@@ -54,9 +56,20 @@ class GracefulStop:
         saved = f"what Logs Ingestion accepted is saved{released}"
         return f"stopped by {name}: {saved}; {command} resumes where this run stopped"
 
-    def working(self) -> _Working:
-        """A context for one cycle of work, so that a signal meeting none is passed on at once."""
-        return _Working(self)
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Around one cycle of work: a signal that meets none is passed on at once, one that meets
+        some once it is done."""
+        with self._lock:
+            self._working += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._working -= 1
+                idle = self._working == 0
+            if idle and self.requested.is_set() and self._pass_on:
+                self._forward()
 
     def _handle(self, number: int, frame: Any) -> None:
         if self._forwarding:
@@ -92,20 +105,3 @@ class GracefulStop:
         elif previous == signal.SIG_DFL:
             signal.signal(number, signal.SIG_DFL)
             signal.raise_signal(number)
-
-
-class _Working:
-    def __init__(self, stop: GracefulStop):
-        self._stop = stop
-
-    def __enter__(self) -> None:
-        with self._stop._lock:
-            self._stop._working += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._stop._lock:
-            self._stop._working -= 1
-            idle = self._stop._working == 0
-        if idle and self._stop.requested.is_set() and self._stop._pass_on:
-            self._stop._forward()
-
