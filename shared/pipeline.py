@@ -336,23 +336,22 @@ class Collector:
             report, self.stop,
         )
 
-        def finish() -> tuple[str | None, bool]:
+        def finish(stopped: bool) -> tuple[str | None, bool]:
             etag = uploader.finish()
-            if not uploader.all_saved:
-                report.status = "stopped"  # a stop came before the last pages were sent
+            # A stop may come when the cursor has read everything, or before the last pages were sent.
+            if not uploader.all_saved or (stopped and not cursor.finished):
+                report.status = "stopped"
             return etag, uploader.all_saved
 
         try:
             while True:
                 if self.stop.is_set():
-                    report.status = "stopped"
-                    return finish()
+                    return finish(stopped=True)
                 item = reader.next()
                 if item is None:
                     continue  # a stop was requested
                 if isinstance(item, ReadingEnded):
-                    report.status = "stopped" if item.stopped else report.status
-                    return finish()
+                    return finish(item.stopped)
                 if isinstance(item, ReadingFailed):
                     uploader.finish()  # what was read before the failure is sent and saved
                     raise item.error

@@ -128,6 +128,35 @@ def test_sigint_stops_a_backfill_which_a_rerun_right_away_resumes(deployment, tm
 
 
 @pytest.mark.faults
+def test_sigint_stops_every_lane_of_a_backfill_and_releases_every_lease(deployment, tmp_path):
+    deployment.extra["BACKFILL_PARALLELISM"] = "4"
+    now = int(time.time())
+    events = big_events("acme", now - 3 * DAY + 600, now - 2 * DAY, 60)
+    deployment.pulumi_api.add_events("acme", events)
+    hold_the_fifth_page(deployment)
+    child = Child(deployment, tmp_path, "-m", "shared", "backfill", "--since", "3d")
+    child.signal_when(
+        lambda: deployment.pulumi_api.request_count >= 5 and deployment.ingestion.request_count >= 1,
+        signal.SIGINT,
+        "the fifth page held after an upload",
+    )
+
+    assert child.ended() == 130, child.output()
+    assert "Traceback" not in child.output()
+    statuses = Counter(line.split("status=")[1].split()[0] for line in child.stdout().splitlines())
+    assert statuses["stopped"] >= 1 and statuses["stopped"] + statuses["ok"] == 4, statuses
+    stopped = deployment.state().load_org("acme")
+    assert len(stopped.lanes) == statuses["stopped"], "a lane that finished is folded, a stopped one is not"
+    assert not any(stopped.holder(name, int(time.time())) for name in stopped.lanes)
+
+    deployment.pulumi_api.faults.clear()
+    rerun = deployment.run_cli("backfill", "--since", "3d")
+    assert rerun.returncode == 0 and rerun.stdout.count("status=ok") == statuses["stopped"], rerun.stdout
+    assert Counter(deployment.landed().values()) == Counter({1: 60})
+    assert set(deployment.landed()) == expected_ids("acme", events)
+
+
+@pytest.mark.faults
 def test_sigterm_stops_a_run_which_the_next_run_resumes_at_once(deployment, tmp_path):
     now = int(time.time())
     events = big_events("acme", now - 3000, now - 120, 40)
