@@ -230,7 +230,7 @@ def _backfill(connector, args: argparse.Namespace, stop: threading.Event) -> int
     now = int(collector.wall_clock())
     since = parse_time(args.since, now)
     until = parse_time(args.until, now) if args.until else now - SETTLE_DELAY_SECONDS
-    requested_until = until if args.until else now  # what is left of it after the settled part is too recent
+    requested_until = until if args.until else now  # the end asked for; its last minute may be too recent
     if until <= since:
         raise UsageError(f"--until ({iso_utc(until)}) is not after --since ({iso_utc(since)})")
     reports: list[CollectionReport] = []
