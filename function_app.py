@@ -1,16 +1,17 @@
 """Azure Functions entry point: a timer that runs one poll cycle.
 
 All logic lives in the `shared` package; this file only binds the schedule
-(the TIMER_SCHEDULE app setting) to `shared.wiring`.
+(the TIMER_SCHEDULE app setting) and SIGTERM to `shared.wiring`.
 """
 
 import logging
 
 import azure.functions as func
 
-from shared.wiring import run_timer_cycle
+from shared.wiring import run_timer_cycle, stop_gracefully_on_signals
 
 app = func.FunctionApp()
+stop_gracefully_on_signals()
 
 
 @app.timer_trigger(schedule="%TIMER_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)

@@ -5,7 +5,8 @@ Settings come from the environment and, for what it does not set, from the `Valu
 serves both.
 
 Exit status: 0 success (an org another run holds is skipped, not failed), 1 a run that
-did not complete (the reason on one line), 2 bad settings or arguments.
+did not complete (the reason on one line), 2 bad settings or arguments, 130 or 143 stopped by
+SIGINT or SIGTERM (`run`, `backfill` and `deadletter replay` save what was accepted first).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from shared.cursor import Cursor
 from shared.delivery import LIVE, describe, plan_reset
+from shared.graceful_stop import GracefulStop
 from shared.logs import quiet_library_logs
 from shared.pipeline import (
     INVALID_EVENT_PREFIX,
@@ -41,7 +43,8 @@ from shared.transform import InvalidEvent, current_row, encode_row, iso_utc, nor
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
 EXIT_CODES = (
-    "exit status: 0 every org ok or skipped (another run holds it), 1 an org failed, 2 bad settings or arguments"
+    "exit status: 0 every org ok or skipped (another run holds it), 1 an org failed, 2 bad settings or arguments, "
+    "130/143 stopped by SIGINT/SIGTERM after saving what was accepted"
 )
 
 
@@ -170,10 +173,21 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
     from shared.wiring import connector_from_environment
 
-    connector = connector_from_environment(environ)
+    stop = GracefulStop(LEASE_SECONDS)
+    stop.install()
+    connector = connector_from_environment(environ, stop.requested)
     if args.command == "run":
-        return _finish(connector.run_once())
-    return _backfill(connector, args)
+        status = _finish(connector.run_once())
+        again = "the next run"
+    else:
+        status = _backfill(connector, args, stop.requested)
+        again = "running the same backfill again"
+    return _stopped(stop, again) if stop.requested.is_set() else status
+
+
+def _stopped(stop: GracefulStop, again: str) -> int:
+    print(stop.resume_line(again), file=sys.stderr)
+    return stop.exit_status or 1
 
 
 def _finish(reports: list[CollectionReport]) -> int:
@@ -210,20 +224,31 @@ def _chosen_orgs(args: argparse.Namespace, configured: Sequence[str]) -> list[st
     return given or list(configured)
 
 
-def _backfill(connector, args: argparse.Namespace) -> int:
+def _backfill(connector, args: argparse.Namespace, stop: threading.Event) -> int:
     settings = connector.settings
     collector = connector.collector
     now = int(collector.wall_clock())
     since = parse_time(args.since, now)
     until = parse_time(args.until, now) if args.until else now - SETTLE_DELAY_SECONDS
+    requested_until = until if args.until else now  # the end asked for; its last minute may be too recent
     if until <= since:
         raise UsageError(f"--until ({iso_utc(until)}) is not after --since ({iso_utc(since)})")
     reports: list[CollectionReport] = []
     lookback = int(settings.source.initial_lookback.total_seconds())
     for org in _chosen_orgs(args, settings.source.orgs):
+        if stop.is_set():
+            break
         try:
             plan, lanes = plan_backfill_lanes(
-                collector.state, org, since, until, now, lookback, args.resend, settings.source.backfill_parallelism
+                collector.state,
+                org,
+                since,
+                until,
+                now,
+                lookback,
+                args.resend,
+                settings.source.backfill_parallelism,
+                collector.holder_ended,
             )
         except LeaseHeld as held:
             reports.append(_live_cursor_being_created(org, held))
@@ -250,10 +275,18 @@ def _backfill(connector, args: argparse.Namespace) -> int:
                     error=f"another run works on it: {lease.holder} until {iso_utc(lease.expires_at)}",
                 )
             )
-        if not lanes:
+        if lanes:
+            reports += _run_lanes(collector, lanes, settings.source.backfill_parallelism)
+        else:
             print(f"  nothing to send for {org}", file=sys.stderr)
-            continue
-        reports += _run_lanes(collector, lanes, settings.source.backfill_parallelism)
+        settled_before = now - SETTLE_DELAY_SECONDS
+        tail = collector.state.load_org(org).too_recent(since, requested_until, settled_before)
+        if tail and not stop.is_set():
+            print(
+                f"  the last {tail.seconds()} s are too recent (the API shows events up to "
+                f"{SETTLE_DELAY_SECONDS} s late); run again after {iso_utc(tail.ranges[-1][1] + SETTLE_DELAY_SECONDS)}",
+                file=sys.stderr,
+            )
     connector.report_health(reports)
     return _finish(reports)
 
@@ -395,12 +428,24 @@ def _render(view: dict) -> str:
     return "\n".join(lines)
 
 
-def _reset(state, org: str, target: int, now: int) -> int:
-    from shared.wiring import run_holder
+def _live_lease(state, org: str, now: int):
+    """The org's live lease for a reset, taken over at once from a process of this host that ended."""
+    from shared.wiring import holder_process_ended, run_holder
 
     holder = run_holder()
     try:
-        lease = state.acquire_lease(org, LIVE, holder, now, LEASE_SECONDS)
+        return state.acquire_lease(org, LIVE, holder, now, LEASE_SECONDS)
+    except LeaseHeld as held:
+        if not holder_process_ended(held.holder):
+            raise
+        lease = state.acquire_lease(org, LIVE, holder, now, LEASE_SECONDS, held.holder)
+        print(f"org {org!r}: took over the live lease of {held.holder}, whose process ended")
+        return lease
+
+
+def _reset(state, org: str, target: int, now: int) -> int:
+    try:
+        lease = _live_lease(state, org, now)
     except LeaseHeld as held:
         print(f"error: org {org!r} is being collected right now ({held}); try again then", file=sys.stderr)
         return 1
@@ -452,9 +497,12 @@ def _deadletter(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             )
         return 0
     from shared.catalog import default_catalog
+    from shared.ingestion_sink import batches
     from shared.ports import SinkUnavailable
     from shared.wiring import azure_credential, ingestion_sink
 
+    stop = GracefulStop(LEASE_SECONDS)
+    stop.install()
     settings, _, dead_letters = _stores(environ, frozenset({"sink"}))
     orgs = _chosen_orgs(args, settings.orgs) if args.org else [None]
     sink = ingestion_sink(settings.sink, azure_credential(settings))
@@ -465,15 +513,25 @@ def _deadletter(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # A row dead-lettered by an earlier version is sent in today's format, under its own EventId_s.
     catalog = default_catalog()
     rows = [current_row(letter.row, catalog) for letter in letters]
+    by_row = {id(row): letter for letter, row in zip(letters, rows, strict=True)}
+    tried = accepted = 0
     try:
-        refused = {id(item.row) for item in sink.send([encode_row(row) for row in rows])}
+        # A request at a time, so a stop waits for one request at most.
+        for batch in batches([encode_row(row) for row in rows]):
+            if stop.requested.is_set():
+                break
+            refused = {id(item.row) for item in sink.send(batch)}
+            tried += len(batch)
+            for encoded in batch:
+                if id(encoded.row) not in refused:
+                    dead_letters.remove(by_row[id(encoded.row)])
+                    accepted += 1
     except SinkUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    accepted = [letter for letter, row in zip(letters, rows, strict=True) if id(row) not in refused]
-    for letter in accepted:
-        dead_letters.remove(letter)
-    print(
-        f"replayed {len(accepted)} of {len(letters)} dead-lettered rows; {len(letters) - len(accepted)} still refused"
-    )
-    return 0 if len(accepted) == len(letters) else 1
+    untried = f"; {len(letters) - tried} not tried" if tried < len(letters) else ""
+    print(f"replayed {accepted} of {len(letters)} dead-lettered rows; {tried - accepted} still refused{untried}")
+    if stop.requested.is_set():
+        print(stop.resume_line("running deadletter replay again", leases=False), file=sys.stderr)
+        return stop.exit_status or 1
+    return 0 if accepted == len(letters) else 1

@@ -29,6 +29,7 @@ Segments nothing needs any more are listed by `stale_segments` for deletion.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.coverage import Coverage
@@ -121,6 +122,25 @@ class LedgerSegment:
             newest=max((entry.timestamp for entry in self.entries), default=0),
             sent_any=any(entry.sent for entry in self.entries),
         )
+
+
+@dataclass(frozen=True)
+class PendingSave:
+    """What to save once the rows of the pages handled so far are accepted."""
+
+    cursor: Cursor  # the position after them, as a save writes it (no ledger)
+    segment: LedgerSegment | None  # what they changed in the ledger
+    stale: tuple[int, ...]  # segments nothing needs once this is saved (may name `segment` itself)
+
+
+@dataclass(frozen=True)
+class PageTaken:
+    """What one page did to the cursor: which of its events to send, and what to save after."""
+
+    occurrences: tuple[int | None, ...]  # per event: its occurrence number when it is to be sent, else None
+    late: tuple[bool, ...]  # per event: new, though in time read before (the API showed it late)
+    duplicates: int  # events of the window the ledger says were sent already
+    save: PendingSave
 
 
 @dataclass(frozen=True)
@@ -223,6 +243,53 @@ class Cursor:
         self.window = Window(start=start, end=end)
         self.restart_window()
         return True
+
+    def take_page(
+        self,
+        window: Window,
+        events: Sequence[tuple[bytes, int]],
+        next_token: str | None,
+        fetched: int,
+        plan: WindowPlan,
+    ) -> PageTaken:
+        """The whole per-page protocol in one call: a page of `window` (as the reader opened it)
+        holding `fetched` events, `events` the (identity digest, time) of those that can be rows.
+
+        Events outside the window are left to the window that holds them (the API's bounds are
+        inclusive); the others are admitted to the ledger; then the page is finished, and what
+        to save once the rows are accepted is taken.
+        """
+        self._enter(window)
+        previous_watermark = self.watermark
+        occurrences: list[int | None] = []
+        late: list[bool] = []
+        duplicates = 0
+        for digest, timestamp in events:
+            occurrence = self.admit(digest, timestamp) if window.contains(timestamp) else None
+            if occurrence is None and window.contains(timestamp):
+                duplicates += 1
+            occurrences.append(occurrence)
+            late.append(occurrence is not None and (window.reread or timestamp < previous_watermark))
+        self.finish_page(next_token, plan, fetched)
+        return PageTaken(tuple(occurrences), tuple(late), duplicates, self.pending_save(plan))
+
+    def abandon_pass(self, window: Window, plan: WindowPlan) -> PendingSave:
+        """The window's token chain can't be trusted: the next run reads it from its first page
+        again, and the ledger drops what was already sent."""
+        self._enter(window)
+        self.restart_window()
+        return self.pending_save(plan)
+
+    def _enter(self, window: Window) -> None:
+        """Start reading `window`, the one the reader's copy of this cursor opened next."""
+        if self.window is None:
+            self.window = window
+            self.restart_window()
+        assert self.window == window, f"the reader is in {window}, the cursor in {self.window}"
+
+    def pending_save(self, plan: WindowPlan) -> PendingSave:
+        segment = self.take_segment()
+        return PendingSave(self.snapshot(), segment, tuple(self.stale_segments(plan)))
 
     def restart_window(self) -> None:
         """Read the current window from its first page (again, if its token was refused)."""

@@ -9,7 +9,7 @@ follow: what a backfill still has to send, what a reset changes, and what
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from shared.coverage import Coverage, Range
@@ -69,6 +69,21 @@ class OrgState:
         """What running backfill lanes have still to send: nobody else may take it."""
         return Coverage.of((lane.watermark, lane.until) for lane in self.lanes.values() if lane.until is not None)
 
+    def gaps(self) -> Coverage:
+        """Undelivered time between delivered ranges, and before where live collection starts:
+        a forward reset leaves one at once, before live collection delivers anything after it."""
+        delivered = self.delivered()
+        live = self.live
+        if live is None or not delivered:
+            return delivered.internal_gaps()
+        return delivered.internal_gaps().union(delivered.gaps(delivered.ranges[0][0], live.origin))
+
+    def too_recent(self, since: int, until: int, settled_before: int) -> Coverage:
+        """What of [since, until) no run delivered yet and no backfill may read before `settled_before`
+        has passed it (the API shows events late): up to where live collection took over."""
+        end = min(until, self.live.watermark) if self.live is not None else until
+        return self.delivered().gaps(max(since, settled_before), end)
+
     def holder(self, name: str, now: int) -> Lease | None:
         lease = self.leases.get(name)
         return lease if lease and lease.active(now) else None
@@ -100,11 +115,19 @@ class BackfillPlan:
 
 
 def plan_backfill(
-    state: OrgState, since: int, until: int, now: int, *, resend: bool = False, parallelism: int = 1
+    state: OrgState,
+    since: int,
+    until: int,
+    now: int,
+    *,
+    resend: bool = False,
+    parallelism: int = 1,
+    holder_ended: Callable[[str], bool] = lambda holder: False,
 ) -> BackfillPlan:
     """Only what is not yet delivered (all of it with `resend`), never past where live
     collection took over, and never what a running lane still has to send; cut into up to
-    `parallelism` new lanes of about equal length, to be read at once."""
+    `parallelism` new lanes of about equal length, to be read at once. A lane whose holder
+    ended is resumed at once (its lease is taken over)."""
     live = state.live
     end = min(until, live.watermark) if live is not None else until
     delivered = state.delivered().within(since, end)
@@ -113,7 +136,7 @@ def plan_backfill(
         if lane.until is None or lane.watermark >= end or lane.until <= since:
             continue
         holder = state.holder(name, now)
-        (busy.append((name, holder)) if holder else resume.append(name))
+        (busy.append((name, holder)) if holder and not holder_ended(holder.holder) else resume.append(name))
     wanted = Coverage.of([(since, end)]) if resend else state.delivered().gaps(since, end)
     gaps: list[Range] = []
     for start, stop in wanted:
@@ -194,7 +217,7 @@ def describe(state: OrgState, now: int) -> dict:
         "lag_seconds": live.lag_seconds(now) if live else None,
         "mid_window": bool(live and live.window is not None),
         "delivered": list(delivered),
-        "gaps": list(delivered.internal_gaps()),
+        "gaps": list(state.gaps()),
         "live_lease": {"holder": lease.holder, "expires_at": lease.expires_at} if lease else None,
         "backfills": [
             {

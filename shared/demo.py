@@ -31,7 +31,14 @@ from shared.settings import load_settings
 from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
 from shared.state_store import memory_state_store
 from shared.token_source import EnvironmentToken
-from shared.wiring import HealthReporter, ingestion_sinks, run_holder, run_host, table_stores
+from shared.wiring import (
+    HealthReporter,
+    holder_process_ended,
+    ingestion_sinks,
+    run_holder,
+    run_host,
+    table_stores,
+)
 
 DEMO_ORGS = ("acme", "acme-labs", "globex")
 DEMO_TOKEN = "pul-demo-token"
@@ -86,6 +93,7 @@ def run_demo(state_dir: str, vault: bool = False) -> int:
             sink=events_sink,
             catalog=default_catalog(),
             holder=run_holder(),
+            holder_ended=holder_process_ended,
             **_stores(environ, Path(state_dir)),
         )
         overlap = int(settings.source.late_event_overlap.total_seconds())

@@ -5,15 +5,19 @@ the ports (shared/ports.py), so tests run it against in-memory fakes as well as 
 real clients. Per collection (an org's live feed or a backfill lane), under its lease:
 
 1. a reader thread fetches the pages of the cursor's windows, a few ahead (shared/stages.py);
-2. this thread transforms each page and drops the events the cursor's ledger says were sent;
+2. this thread transforms each page and hands it to the cursor in one call (`Cursor.take_page`),
+   which drops the events its ledger says were sent and says what to save after the upload;
 3. an upload thread fills requests of about 1 MB across pages; rows the service refuses go
    to the dead-letter store, never nowhere;
 4. only once every row of a page was accepted is the cursor saved past it, with the page's
    ledger segment, in one transaction conditional on the ETag, strictly in page order.
 
-A crash before step 4 re-reads those pages next run: at worst the rows of a request in
-flight are sent twice, with the same EventId_s. A crash after step 4 loses nothing. The
-lease keeps a second run off the collection, so two runs never send the same page.
+A crash before step 4 re-reads those pages next run: at worst the rows of the request in
+flight are sent twice, with the same EventId_s; the uploader saves before it sends the next
+request, so that is one request per collection (several collections run at once). A crash
+after step 4 loses nothing. The lease keeps a second run off the collection, so two runs
+never send the same page. SIGINT and SIGTERM set `Collector.stop`: reading stops, the request
+in flight ends and is saved, and the lease is released (shared/graceful_stop.py).
 """
 
 from __future__ import annotations
@@ -24,15 +28,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.catalog import EventCatalog
-from shared.cursor import DIGEST_KEY_BYTES, RECENT_REREAD_SECONDS, Cursor, SegmentEntry, WindowPlan
+from shared.cursor import (
+    DIGEST_KEY_BYTES,
+    RECENT_REREAD_SECONDS,
+    Cursor,
+    PendingSave,
+    SegmentEntry,
+    WindowPlan,
+)
 from shared.delivery import LIVE, BackfillPlan, OrgState, first_live_cursor, fold_lane, lane_name, plan_backfill
 from shared.ports import (
-    AuditPage,
     AuditSource,
     DeadLetterStore,
     DeadLetterUnavailable,
@@ -46,7 +56,15 @@ from shared.ports import (
     StateStore,
     StateUnavailable,
 )
-from shared.stages import WINDOW_RESTARTED, PageReader, PageRecord, ReadingEnded, ReadingFailed, Uploader
+from shared.stages import (
+    WINDOW_RESTARTED,
+    FetchedPage,
+    PageReader,
+    PageRecord,
+    ReadingEnded,
+    ReadingFailed,
+    Uploader,
+)
 from shared.transform import InvalidEvent, encode_row, normalize, raw_digest, truncate_visibly, valid_utf8
 
 log = logging.getLogger("shared.pipeline")
@@ -58,6 +76,8 @@ BACKFILL_MAX_WINDOW_SECONDS = 86400
 # A run killed while it holds a lease delays that collection by at most this long. A
 # working run renews its lease every third of it.
 LEASE_SECONDS = 120
+# How often the thread that waits for collections wakes up to run a signal's handler.
+SIGNAL_CHECK_SECONDS = 0.1
 # A finished lane's coverage write can meet another lane's; each conflict means another lane
 # folded, so this many attempts outlast every other lane of a backfill (BACKFILL_PARALLELISM <= 16).
 FOLD_ATTEMPTS = 17
@@ -65,8 +85,8 @@ FOLD_ATTEMPTS = 17
 
 @dataclass
 class CollectionReport:
-    """What one run did for one collection; `status` is ok, stopped (time budget), skipped
-    (another run holds the lease) or failed."""
+    """What one run did for one collection; `status` is ok, stopped (time budget, SIGINT or
+    SIGTERM), skipped (another run holds the lease) or failed."""
 
     org: str
     collection: str = LIVE
@@ -81,6 +101,7 @@ class CollectionReport:
     saved_pages: int = 0  # pages of this run whose rows were accepted and whose cursor was saved
     late_events: int = 0  # new events found in time read before: the API showed them late
     oldest_late_seconds: int = 0  # how old the oldest of them was when read: size LATE_EVENT_OVERLAP above it
+    took_over_from: str | None = None  # the holder of a lease taken over at once: its process had ended
     status: str = "ok"
     error: str | None = None
 
@@ -102,6 +123,8 @@ class CollectionReport:
         )
         if self.late_events:
             line += f" late_events={self.late_events} oldest_late_seconds={self.oldest_late_seconds}"
+        if self.took_over_from:
+            line += f" took_over_lease_of={self.took_over_from} (its process ended)"
         return f"{line} error={self.error}" if self.error else line
 
 
@@ -151,9 +174,25 @@ class LeaseKeeper:
     third of its time, released at the end. A lease that could not be renewed is lost, and
     the run stops before its next save."""
 
-    def __init__(self, state: StateStore, collection: Collection, holder: str, clock: Callable[[], float]):
+    def __init__(
+        self,
+        state: StateStore,
+        collection: Collection,
+        holder: str,
+        clock: Callable[[], float],
+        holder_ended: Callable[[str], bool],
+    ):
         self._state, self._collection, self._clock = state, collection, clock
-        self._lease = state.acquire_lease(collection.org, collection.name, holder, int(clock()), LEASE_SECONDS)
+        self.took_over_from: str | None = None
+        org, name = collection.org, collection.name
+        try:
+            self._lease = state.acquire_lease(org, name, holder, int(clock()), LEASE_SECONDS)
+        except LeaseHeld as held:
+            # A run killed on this host left its lease: nobody works on the collection, so no need to wait it out.
+            if not holder_ended(held.holder):
+                raise
+            self._lease = state.acquire_lease(org, name, holder, int(clock()), LEASE_SECONDS, held.holder)
+            self.took_over_from = held.holder
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.lost: str | None = None
@@ -204,6 +243,10 @@ class Collector:
     dead_letters: DeadLetterStore
     catalog: EventCatalog
     holder: str
+    # Whether a lease's holder is a process of this host that has ended (see wiring.holder_process_ended).
+    holder_ended: Callable[[str], bool] = lambda holder: False
+    # Set on SIGINT/SIGTERM: collections stop reading, end the request in flight, save and release.
+    stop: threading.Event = field(default_factory=threading.Event)
     wall_clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     progress: list[Callable[[Collection, Cursor, CollectionReport], None]] = field(default_factory=list)
@@ -211,10 +254,21 @@ class Collector:
     def collect(self, collection: Collection, deadline: float | None = None) -> CollectionReport:
         """Advance one cursor until it is caught up, the deadline passes, or something fails."""
         report = CollectionReport(org=collection.org, collection=collection.name)
+        if self.stop.is_set():
+            report.status = "stopped"
+            return report
         cursor: Cursor | None = None
         keeper: LeaseKeeper | None = None
         try:
-            keeper = LeaseKeeper(self.state, collection, self.holder, self.wall_clock)
+            keeper = LeaseKeeper(self.state, collection, self.holder, self.wall_clock, self.holder_ended)
+            if keeper.took_over_from:
+                report.took_over_from = keeper.took_over_from
+                log.warning(
+                    "org=%s took over the lease on %s at once: its holder %s ended on this host",
+                    collection.org,
+                    collection.name,
+                    keeper.took_over_from,
+                )
             state = self.state.load_org(collection.org)
             stored = state.cursors.get(collection.name)
             if stored is None:
@@ -223,8 +277,8 @@ class Collector:
                 cursor, etag = stored.cursor, stored.etag
             # Segments without a cursor hold rows a failed first run delivered: they are not sent again.
             cursor.restore(self.state.load_segments(collection.org, collection.name), collection.plan)
-            etag = self._advance(collection, cursor, etag, report, deadline, keeper)
-            if cursor.finished:
+            etag, all_saved = self._advance(collection, cursor, etag, report, deadline, keeper)
+            if cursor.finished and all_saved:
                 self._fold(collection, etag)
         except LeaseHeld as held:
             report.status = "skipped"
@@ -258,8 +312,9 @@ class Collector:
         report: CollectionReport,
         deadline: float | None,
         keeper: LeaseKeeper,
-    ) -> str | None:
-        """Transform pages as the reader hands them over, and hand their rows to the uploader."""
+    ) -> tuple[str | None, bool]:
+        """Transform pages as the reader hands them over, and hand their rows to the uploader.
+        The cursor's ETag, and whether every page handled was saved (a stop leaves some unsent)."""
 
         def after_save(saved: Cursor, page_number: int) -> None:
             report.saved_pages = page_number
@@ -274,51 +329,49 @@ class Collector:
             collection.plan,
             deadline,
             self.monotonic,
+            self.stop,
         ).start()
         uploader = Uploader(
             self.sink, self.state, self.dead_letters, collection.org, collection.name, etag, keeper.check, after_save,
-            report,
+            report, self.stop,
         )
+
+        def finish(stopped: bool) -> tuple[str | None, bool]:
+            etag = uploader.finish()
+            # A stop may come when the cursor has read everything, or before the last pages were sent.
+            if not uploader.all_saved or (stopped and not cursor.finished):
+                report.status = "stopped"
+            return etag, uploader.all_saved
+
         try:
             while True:
+                if self.stop.is_set():
+                    return finish(stopped=True)
                 item = reader.next()
+                if item is None:
+                    continue  # a stop was requested
                 if isinstance(item, ReadingEnded):
-                    report.status = "stopped" if item.stopped else report.status
-                    return uploader.finish()
+                    return finish(item.stopped)
                 if isinstance(item, ReadingFailed):
                     uploader.finish()  # what was read before the failure is sent and saved
                     raise item.error
                 if item is WINDOW_RESTARTED:
                     cursor.restart_window()
                     continue
-                if cursor.window is None:
-                    cursor.open_window(collection.plan)
                 if item.loops:
-                    # The token chain can't be trusted: the next run reads the window from its first
-                    # page again, and the ledger drops what was already sent.
-                    cursor.restart_window()
-                    uploader.add([], [], self._record(collection, cursor, (), 0, report.pages))
+                    save = cursor.abandon_pass(item.window, collection.plan)
+                    uploader.add([], [], PageRecord(save, (), 0, report.pages))
                     uploader.finish()
                     raise SourceError(
                         f"Pulumi API paging loops for org {collection.org!r}: a continuation token came back twice"
                     )
                 report.pages += 1
                 report.fetched += len(item.page.events)
-                rows, marks, invalid = self._rows_of_page(collection, cursor, item.page, report)
-                cursor.finish_page(item.page.next_token, collection.plan, len(item.page.events))
-                uploader.add(rows, marks, self._record(collection, cursor, invalid, len(rows), report.pages))
+                rows, marks, invalid, save = self._take_page(collection, cursor, item, report)
+                uploader.add(rows, marks, PageRecord(save, tuple(invalid), len(rows), report.pages))
         finally:
             reader.stop()
             uploader.abandon()
-
-    @staticmethod
-    def _record(
-        collection: Collection, cursor: Cursor, invalid: Sequence[RefusedRow], rows: int, page_number: int
-    ) -> PageRecord:
-        """What to save once the page's rows are accepted: the cursor and what the page changed."""
-        segment = cursor.take_segment()
-        stale = cursor.stale_segments(collection.plan)  # may name the page's own segment
-        return PageRecord(cursor.snapshot(), segment, tuple(stale), tuple(invalid), rows, page_number)
 
     def _fold(self, collection: Collection, etag: str | None) -> None:
         """A finished lane becomes part of the org's coverage, and its cursor goes."""
@@ -334,29 +387,34 @@ class Collector:
                 continue  # another lane folded at the same moment; read the coverage again
         raise StateConflict(f"could not fold {collection.name} of org {collection.org!r} into its coverage")
 
-    def _rows_of_page(
-        self, collection: Collection, cursor: Cursor, page: AuditPage, report: CollectionReport
-    ) -> tuple[list[EncodedRow], list[SegmentEntry], list[RefusedRow]]:
-        """The page's new rows, serialised; what each adds to the ledger; the events that can't be rows."""
+    def _take_page(
+        self, collection: Collection, cursor: Cursor, item: FetchedPage, report: CollectionReport
+    ) -> tuple[list[EncodedRow], list[SegmentEntry], list[RefusedRow], PendingSave]:
+        """The page's new rows, serialised; what each adds to the ledger; the events that can't be
+        rows; and what to save once the rows are accepted."""
         org = collection.org
-        window = cursor.window
         read_at = collection.plan.settled_before + collection.plan.overlap
-        rows: list[EncodedRow] = []
-        marks: list[SegmentEntry] = []
+        valid = []
         invalid: list[RefusedRow] = []
-        for event in page.events:
+        for event in item.page.events:
             try:
-                normalized = normalize(org, event, self.catalog)
+                valid.append(normalize(org, event, self.catalog))
             except InvalidEvent as error:
                 invalid.append(RefusedRow(invalid_event_row(org, event), f"invalid event: {error}"))
-                continue
-            if not window.contains(normalized.timestamp):
-                continue  # outside this window (the API bounds are inclusive); a neighbouring window reads it
-            occurrence = cursor.admit(normalized.identity, normalized.timestamp)
+        taken = cursor.take_page(
+            item.window,
+            [(normalized.identity, normalized.timestamp) for normalized in valid],
+            item.page.next_token,
+            len(item.page.events),
+            collection.plan,
+        )
+        report.duplicates += taken.duplicates
+        rows: list[EncodedRow] = []
+        marks: list[SegmentEntry] = []
+        for normalized, occurrence, late in zip(valid, taken.occurrences, taken.late, strict=True):
             if occurrence is None:
-                report.duplicates += 1
                 continue
-            if window.reread or normalized.timestamp < cursor.watermark:
+            if late:
                 report.late_events += 1
                 report.oldest_late_seconds = max(report.oldest_late_seconds, read_at - normalized.timestamp)
             row = normalized.row(occurrence)
@@ -370,7 +428,7 @@ class Collector:
                 )
             rows.append(encode_row(row))
             marks.append(SegmentEntry(normalized.identity[:DIGEST_KEY_BYTES], normalized.timestamp, 0, occurrence))
-        return rows, marks, invalid
+        return rows, marks, invalid, taken.save
 
 
 INVALID_EVENT_PREFIX = "invalid-"
@@ -410,7 +468,12 @@ def collect_at_once(
     in its own thread; the reports come in the order of `collections`."""
     workers = max(1, min(parallelism, len(collections)))
     with ThreadPoolExecutor(workers, thread_name_prefix="collect") as pool:
-        return list(pool.map(lambda collection: collector.collect(collection, deadline), collections))
+        running = [pool.submit(collector.collect, collection, deadline) for collection in collections]
+        # Wait in slices: Python runs a signal's handler (SIGINT, SIGTERM) only in the main thread,
+        # between bytecodes, and a wait on a lock is not woken by a signal another thread received.
+        while wait(running, timeout=SIGNAL_CHECK_SECONDS).not_done:
+            continue
+        return [future.result() for future in running]
 
 
 def ensure_live_cursor(state: StateStore, org: str, now: int, initial_lookback_seconds: int) -> OrgState:
@@ -442,6 +505,7 @@ def plan_backfill_lanes(
     initial_lookback_seconds: int,
     resend: bool,
     parallelism: int = 1,
+    holder_ended: Callable[[str], bool] = lambda holder: False,
 ) -> tuple[BackfillPlan, list[Collection]]:
     """What a backfill of [since, until) sends: the lanes of an interrupted backfill to resume,
     and up to `parallelism` new lanes over what no run delivered (the whole range with `resend`).
@@ -450,7 +514,9 @@ def plan_backfill_lanes(
     backfill planning at the same moment then plans again, and finds them running."""
     for _ in range(FOLD_ATTEMPTS):
         current = ensure_live_cursor(state, org, now, initial_lookback_seconds)
-        plan = plan_backfill(current, since, until, now, resend=resend, parallelism=parallelism)
+        plan = plan_backfill(
+            current, since, until, now, resend=resend, parallelism=parallelism, holder_ended=holder_ended
+        )
         claims = {lane_name(start, end): Cursor.starting_at(start, end) for start, end in plan.new_lanes}
         try:
             if claims:

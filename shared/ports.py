@@ -166,7 +166,12 @@ class StateStore(Protocol):
         self, org: str, cursor: Cursor, etag: str | None, folded: Coverage, folded_etag: str | None
     ) -> None: ...
 
-    def acquire_lease(self, org: str, name: str, holder: str, now: int, seconds: int) -> Lease: ...
+    def acquire_lease(
+        self, org: str, name: str, holder: str, now: int, seconds: int, take_over_from: str | None = None
+    ) -> Lease:
+        """The lease, unless another holder's has not expired; `take_over_from` names a holder
+        known to be gone, whose lease is taken at once (unless it changed hands since)."""
+        ...
 
     def renew_lease(self, org: str, name: str, lease: Lease, now: int, seconds: int) -> Lease: ...
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.cursor import Cursor, LedgerSegment, SegmentEntry, Window, WindowPlan
+from shared.cursor import Cursor, LedgerSegment, PendingSave, SegmentEntry, Window, WindowPlan
 from shared.ports import (
     MAX_BODY_BYTES,
     AuditPage,
@@ -59,7 +59,8 @@ class FetchedPage:
 
 @dataclass(frozen=True)
 class ReadingEnded:
-    """No more pages: caught up (`stopped` False) or the run's deadline passed (`stopped` True)."""
+    """No more pages: caught up (`stopped` False), or the run's deadline passed or a stop was
+    requested (`stopped` True)."""
 
     stopped: bool
 
@@ -108,6 +109,7 @@ class PageReader:
     plan: WindowPlan
     deadline: float | None
     monotonic: Callable[[], float]
+    stop_requested: threading.Event  # set by SIGINT/SIGTERM: no page is fetched after it
     _handover: _Handover = field(default_factory=lambda: _Handover(PAGES_AHEAD))
     _thread: threading.Thread | None = None
 
@@ -116,12 +118,15 @@ class PageReader:
         self._thread.start()
         return self
 
-    def next(self) -> FetchedPage | ReadingEnded | ReadingFailed | object:
-        return self._handover.get()
+    def next(self) -> FetchedPage | ReadingEnded | ReadingFailed | object | None:
+        """The next item; None once a stop was requested, rather than wait for the fetch under way."""
+        return self._handover.get(self.stop_requested.is_set)
 
     def stop(self) -> None:
+        """End reading. A fetch under way is waited for, unless a stop was requested: then it is
+        abandoned, and its page is read again next run."""
         self._handover.closed.set()
-        if self._thread is not None:
+        if self._thread is not None and not self.stop_requested.is_set():
             self._thread.join()
 
     def _run(self) -> None:
@@ -134,7 +139,7 @@ class PageReader:
         navigator = self.navigator
         restarted = False
         while not self._handover.closed.is_set():
-            if self.deadline is not None and self.monotonic() >= self.deadline:
+            if self.stop_requested.is_set() or (self.deadline is not None and self.monotonic() >= self.deadline):
                 self._handover.put(ReadingEnded(stopped=True), lambda: False)
                 return
             if navigator.window is None:
@@ -168,12 +173,22 @@ class PageReader:
 class PageRecord:
     """A handled page, and what to save once all of its rows were accepted."""
 
-    cursor: Cursor  # the cursor's position after the page
-    segment: LedgerSegment | None  # what the page changed in the ledger
-    stale: tuple[int, ...]  # segments nothing needs once this is saved (the page's own, when it sent nothing needed)
+    save: PendingSave  # the cursor after the page, its ledger segment, and the segments it makes stale
     invalid: tuple[RefusedRow, ...]  # events that could not become rows, dead-lettered before the save
     rows: int  # how many rows of the page go to the sink
     page_number: int  # pages of this run handled up to this one
+
+    @property
+    def cursor(self) -> Cursor:
+        return self.save.cursor
+
+    @property
+    def segment(self) -> LedgerSegment | None:
+        return self.save.segment
+
+    @property
+    def stale(self) -> tuple[int, ...]:
+        return self.save.stale
 
 
 _FLUSH = object()
@@ -193,17 +208,20 @@ class Uploader:
         before_save: Callable[[], None],
         after_save: Callable[[Cursor, int], None],
         counts: Any,
+        stop: threading.Event,
     ):
         self._sink, self._state, self._dead_letters = sink, state, dead_letters
         self._org, self._name = org, name
         self.etag = etag
         self._before_save, self._after_save = before_save, after_save
         self._counts = counts  # has `sent` and `dead_lettered`
+        self._stop = stop  # once set, no request goes out after the one in flight
         self._handover = _Handover(PAGES_QUEUED_FOR_UPLOAD)
         self._rows: deque[tuple[EncodedRow, SegmentEntry]] = deque()
         self._bytes = 1
         self._records: deque[list] = deque()  # [PageRecord, rows not yet accepted, marks of rows accepted]
         self._delivered_in_part: set[int] = set()  # segments written for a page not complete yet
+        self._added_pages = self._saved_pages = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"upload-{org}-{name}")
         self._thread.start()
@@ -211,20 +229,29 @@ class Uploader:
     def add(self, rows: Sequence[EncodedRow], marks: Sequence[SegmentEntry], record: PageRecord) -> None:
         """Hand a page's rows over; blocks while `PAGES_QUEUED_FOR_UPLOAD` pages wait already."""
         self._raise_if_failed()
-        self._handover.put((rows, marks, record), lambda: self.error is not None)
+        self._added_pages += self._handover.put((rows, marks, record), self._ended)
         self._raise_if_failed()
 
     def finish(self) -> str | None:
-        """Send what is left, save the last pages, and return the cursor's ETag."""
-        self._handover.put(_FLUSH, lambda: self.error is not None)
+        """Send what is left (unless a stop was requested: then only the request in flight ends),
+        save the pages whose rows were all accepted, and return the cursor's ETag."""
+        self._handover.put(_FLUSH, self._ended)
         self._thread.join()
         self._raise_if_failed()
         return self.etag
+
+    @property
+    def all_saved(self) -> bool:
+        """Whether every page handed over was saved (once `finish` returned)."""
+        return self._saved_pages == self._added_pages
 
     def abandon(self) -> None:
         """Stop without sending what is left: those pages are read again next run."""
         self._handover.closed.set()
         self._thread.join()
+
+    def _ended(self) -> bool:
+        return self.error is not None or not self._thread.is_alive()
 
     def _raise_if_failed(self) -> None:
         if self.error is not None:
@@ -232,12 +259,12 @@ class Uploader:
 
     def _run(self) -> None:
         try:
-            while True:
-                item = self._handover.get(lambda: self._handover.closed.is_set())
+            while not self._stop.is_set():
+                item = self._handover.get(lambda: self._handover.closed.is_set() or self._stop.is_set())
                 if item is None:
                     return
                 if item is _FLUSH:
-                    while self._rows:
+                    while self._rows and not self._stop.is_set():
                         self._send_request()
                     self._save_completed()
                     return
@@ -246,7 +273,7 @@ class Uploader:
                 self._bytes += sum(len(row.body) + 1 for row in rows)
                 self._records.append([record, record.rows, []])
                 self._save_completed()
-                while self._bytes > MAX_BODY_BYTES:
+                while self._bytes > MAX_BODY_BYTES and not self._stop.is_set():
                     self._send_request()
         except BaseException as error:  # raised again in the transform's thread
             self.error = error
@@ -306,6 +333,7 @@ class Uploader:
         if gone:
             self._state.delete_segments(self._org, self._name, sorted(gone))
         self._delivered_in_part -= {segment.sequence for segment in segments}
+        self._saved_pages += len(completed)
         self._after_save(last.cursor, last.page_number)
 
     def _dead_letter(self, refused: Sequence[RefusedRow]) -> None:

@@ -416,10 +416,12 @@ class TableStateStore:
         cursor_write = ("create", row) if etag is None else ("replace", row, etag)
         self._entities.transact(org, [_coverage_write(folded, folded_etag), cursor_write])
 
-    def acquire_lease(self, org: str, name: str, holder: str, now: int, seconds: int) -> Lease:
+    def acquire_lease(
+        self, org: str, name: str, holder: str, now: int, seconds: int, take_over_from: str | None = None
+    ) -> Lease:
         found = self._entities.get(org, _lease_key(name))
         row = _lease_entity(name, holder, now + seconds)
-        if found and int(found[0]["ExpiresAt"]) > now and found[0]["Holder"] != holder:
+        if found and int(found[0]["ExpiresAt"]) > now and found[0]["Holder"] not in (holder, take_over_from):
             raise LeaseHeld(name, found[0]["Holder"], int(found[0]["ExpiresAt"]))
         try:
             operation = ("replace", row, found[1]) if found else ("create", row)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
 
+import psutil
 import requests
 from azure.core.credentials import TokenCredential
 from azure.core.pipeline.transport import RequestsTransport
@@ -27,11 +29,12 @@ from urllib3.util.retry import Retry
 from shared import __version__
 from shared.catalog import default_catalog
 from shared.dead_letter import TableDeadLetterStore
+from shared.graceful_stop import GracefulStop
 from shared.health import health_rows, one_line
 from shared.identity import ExplainedCredential
 from shared.ingestion_sink import LogsIngestionSink, default_retry_policy
 from shared.logs import quiet_library_logs
-from shared.pipeline import CollectionReport, Collector, run_cycle
+from shared.pipeline import LEASE_SECONDS, CollectionReport, Collector, run_cycle
 from shared.ports import RowSink, SinkUnavailable, TokenSource
 from shared.pulumi_source import KEPT_CONNECTIONS, PulumiAuditSource
 from shared.settings import Settings, SinkSettings, load_settings
@@ -105,8 +108,32 @@ def ingestion_sink(sink: SinkSettings, credential: TokenCredential) -> LogsInges
 
 
 def run_holder() -> str:
-    """Who holds a lease: this host and process, and a nonce so two runs of one process differ."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """Who holds a lease: this host, process and the second that process started (a pid alone
+    may be reused), and a nonce so two runs of one process differ."""
+    return f"{_host()}:{os.getpid()}:{_started(psutil.Process())}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_process_ended(holder: str) -> bool:
+    """Whether a lease's holder is a process of this host that no longer runs: one that is gone,
+    or whose pid now belongs to a process started at another second. A holder of another host,
+    or one written in another form, may be alive for all this host can tell."""
+    parts = holder.split(":")
+    if len(parts) != 4 or parts[0] != _host() or not (parts[1].isdigit() and parts[2].isdigit()):
+        return False
+    try:
+        return _started(psutil.Process(int(parts[1]))) != int(parts[2])
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # a process this user may not inspect is alive
+        return False
+
+
+def _host() -> str:
+    return socket.gethostname()[:40].replace(":", "-")
+
+
+def _started(process: psutil.Process) -> int:
+    return int(process.create_time())
 
 
 def run_host(environ: Mapping[str, str]) -> str:
@@ -188,7 +215,12 @@ def table_stores(
     )
 
 
-def connector_from_settings(settings: Settings, host: str, credential: TokenCredential | None = None) -> Connector:
+def connector_from_settings(
+    settings: Settings,
+    host: str,
+    credential: TokenCredential | None = None,
+    stop: threading.Event | None = None,
+) -> Connector:
     credential = credential or azure_credential(settings)
     source = settings.source
     state, dead_letters = table_stores(settings, credential)
@@ -200,6 +232,8 @@ def connector_from_settings(settings: Settings, host: str, credential: TokenCred
         dead_letters=dead_letters,
         catalog=default_catalog(),
         holder=run_holder(),
+        holder_ended=holder_process_ended,
+        stop=stop or threading.Event(),
     )
     return Connector(settings=settings, collector=collector, health=HealthReporter(health_sink, host))
 
@@ -228,24 +262,41 @@ class Connector:
         self.health.report(reports, int(self.collector.wall_clock()))
 
 
-def connector_from_environment(environ: Mapping[str, str] | None = None) -> Connector:
+def connector_from_environment(
+    environ: Mapping[str, str] | None = None, stop: threading.Event | None = None
+) -> Connector:
+    """`stop`: set on SIGINT/SIGTERM, to stop the collections under way (see shared/graceful_stop.py)."""
     quiet_library_logs()
     environ = os.environ if environ is None else environ
-    return connector_from_settings(load_settings(environ), run_host(environ))
+    return connector_from_settings(load_settings(environ), run_host(environ), stop=stop)
+
+
+# The Functions worker is stopped with SIGTERM (scale-in, redeploy): the cycle under way stops
+# and saves first, then the worker's own handler shuts it down.
+WORKER_STOP = GracefulStop(LEASE_SECONDS)
+
+
+def stop_gracefully_on_signals() -> None:
+    """Called where the Functions worker imports the app, in its main thread if Python allows it."""
+    if not WORKER_STOP.install(pass_on=True):
+        log.warning("SIGTERM stops the worker without saving first: the app was not imported in the main thread")
 
 
 @cache
 def process_connector() -> Connector:
     """The connector of this Functions worker process: settings are read once, clients reused."""
-    return connector_from_environment()
+    return connector_from_environment(stop=WORKER_STOP.requested)
 
 
 def run_timer_cycle() -> None:
     """What the timer does: one cycle, one summary line per org, and a failed invocation
     (so Functions monitoring shows it) when any org failed."""
-    reports = process_connector().run_once()
-    for report in reports:
-        (log.error if report.failed else log.info)("%s", report.summary())
-    failed = [report for report in reports if report.failed]
-    if failed:
-        raise CycleFailed("; ".join(f"org {report.org!r}: {report.error}" for report in failed))
+    with WORKER_STOP.working():  # a SIGTERM that stopped the cycle goes on to the worker once it is told
+        reports = process_connector().run_once()
+        for report in reports:
+            (log.error if report.failed else log.info)("%s", report.summary())
+        if WORKER_STOP.requested.is_set():
+            log.warning("%s", WORKER_STOP.resume_line("the next run"))
+        failed = [report for report in reports if report.failed]
+        if failed:
+            raise CycleFailed("; ".join(f"org {report.org!r}: {report.error}" for report in failed))

@@ -173,15 +173,17 @@ def test_a_lane_killed_mid_backfill_is_the_only_one_a_rerun_reads(deployment):
     reached = killed.lanes[last].watermark
     deployment.pulumi_api.faults.clear()
 
-    # The killed run's leases keep its lanes for at most LEASE_SECONDS; the rerun comes after.
+    # The killed run's process is gone from this host: a rerun right away takes the lane's lease over.
     connector = deployment.connector()
-    connector.collector.wall_clock = lambda: time.time() + LEASE_SECONDS + 1
+    collector = connector.collector
     asked_before = deployment.pulumi_api.request_count
-    now = int(connector.collector.wall_clock())
-    plan, lanes = plan_backfill_lanes(connector.collector.state, "acme", since, until, now, 3600, False, 4)
-    assert plan.resume == (last,) and plan.new_lanes == ()
-    [report] = collect_at_once(connector.collector, lanes, 4)
+    now = int(time.time())
+    ended = collector.holder_ended
+    plan, lanes = plan_backfill_lanes(collector.state, "acme", since, until, now, 3600, False, 4, ended)
+    assert plan.resume == (last,) and plan.new_lanes == () and plan.busy == ()
+    [report] = collect_at_once(collector, lanes, 4)
     assert report.status == "ok" and report.collection == last
+    assert report.took_over_from == killed.holder(last, now).holder
 
     asked_again = deployment.pulumi_api.requests[asked_before:]
     assert asked_again and all(int(request.query["startTime"]) >= reached for request in asked_again)

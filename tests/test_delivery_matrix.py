@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -21,7 +22,6 @@ import pytest
 from azure.data.tables import TableClient
 
 from shared.delivery import LIVE
-from shared.pipeline import LEASE_SECONDS
 from shared.standins import Fault, simulate_events
 from tests.harness import expected_ids, write_v1_live_checkpoint
 from tests.invariants import ORG, Scenario, World, kill_cli_when, play_and_check, row_id
@@ -100,20 +100,17 @@ def backfill_killed_then_resumed(hold: Callable[[World], Callable[[], bool]], du
         big_history(w, 50, 3 * DAY - 600, 3 * DAY - 3000)  # all in the lane's first window, an hour long
         reached = hold(w)
         kill_when(w, reached, "backfill", "--since", "3d")
-        landed_at_kill = len(w.rows())
         for faults in (w.api.faults, w.ingestion.faults):
             faults.clear()
 
-        # The killed run's lease keeps the lane for at most LEASE_SECONDS: a rerun right away skips it...
-        blocked = w.cli("backfill", "--since", "3d")
-        assert blocked.returncode == 0 and "status=skipped" in blocked.stdout, blocked.stdout + blocked.stderr
-        assert "another run works on it" in blocked.stdout and len(w.rows()) == landed_at_kill
-        # ...and the first rerun after it expired resumes where the lane was saved.
-        w.now = int(time.time()) + LEASE_SECONDS + 1
+        # The killed process is gone from this host: a rerun right away takes the lane's lease over
+        # and resumes where the lane was saved.
         fetched = w.api.request_count
-        [resumed] = [report for report in w.backfill("3d") if report.fetched]
-        assert resumed.status == "ok" and resumed.fetched < 50
+        rerun = w.cli("backfill", "--since", "3d")
+        assert rerun.returncode == 0 and "status=ok" in rerun.stdout, rerun.stdout + rerun.stderr
+        assert "took_over_lease_of=" in rerun.stdout and int(re.search(r"fetched=(\d+)", rerun.stdout)[1]) < 50
         assert "continuationToken" in w.api.requests[fetched].query
+        w.now = int(time.time())
         assert lanes(w) == {} and w.run().status == "ok"
         copies = w.accounting().same_id_duplicates
         assert copies <= 8 and (copies > 0 or not duplicates), copies
@@ -139,7 +136,7 @@ def accept_the_second_upload_but_hold_the_answer(w: World) -> Callable[[], bool]
 backfill_killed_mid_window = backfill_killed_then_resumed(hold_the_fifth_page, duplicates=False)
 backfill_killed_mid_window.__doc__ = """A `backfill --since 3d` is killed (SIGKILL) while it fetches page 5,
 after the first pages were saved mid-window and a request delivered part of page 4. A rerun right
-away is skipped (the lane's lease, exit 0); the first rerun after the lease expired resumes at the
+away takes over the lease of the killed process (gone from this host) and resumes at the
 saved page, fetches nothing of the finished part, and skips what a request delivered of page 4: 0
 lost; only a request in flight at the kill (at most 8 rows) may land twice, with the same EventId_s."""
 
@@ -147,8 +144,8 @@ backfill_killed_between_upload_and_save = backfill_killed_then_resumed(
     accept_the_second_upload_but_hold_the_answer, duplicates=True
 )
 backfill_killed_between_upload_and_save.__doc__ = """A `backfill --since 3d` is killed after Logs Ingestion
-took the second request's rows and before the lane saved them. The rerun after the lease expired
-resumes at the last saved page and sends those rows again, with the same EventId_s: they (at most one
+took the second request's rows and before the lane saved them. The rerun right away takes the
+lease over and resumes at the last saved page and sends those rows again, with the same EventId_s: they (at most one
 request, 8 rows) are the only duplicates."""
 
 

@@ -10,6 +10,7 @@ from collections import Counter
 
 from shared.coverage import Coverage
 from shared.cursor import Cursor
+from shared.pipeline import SETTLE_DELAY_SECONDS, collect_at_once, plan_backfill_lanes
 from shared.standins import simulate_events
 from tests.harness import expected_ids
 
@@ -106,6 +107,32 @@ def test_a_reset_forward_leaves_a_visible_gap_that_backfill_fills(deployment):
     assert Counter(deployment.landed().values()) == Counter({1: 12})
     assert set(deployment.landed()) == expected_ids("acme", skipped)
     assert show(deployment)["gaps"] == [] and show(deployment)["backfills"] == []
+
+
+def test_a_gap_up_to_a_reset_forward_to_now_stays_listed_until_a_backfill_delivered_all_of_it(deployment):
+    now = int(time.time())
+    deployment.state().replace_live("acme", Cursor(watermark=now - 3600, origin=now - 7200), None, Coverage(), None)
+    settled = seed(deployment, now - 3500, now - 600, 10)
+    recent = seed(deployment, now - 30, now - 5, 5, seed_value=2)  # inside the settle delay of a backfill run now
+    assert deployment.run_cli("checkpoint", "reset", "--org", "acme", "--to", str(now)).returncode == 0
+    assert show(deployment)["gaps"] == [[now - 3600, now]], "listed before live collection delivered anything"
+    assert "  gap          " in deployment.run_cli("checkpoint", "show").stdout
+
+    at_once = deployment.run_cli("backfill", "--since", "2h")
+    assert at_once.returncode == 0, at_once.stderr
+    assert set(deployment.landed()) == expected_ids("acme", settled)
+    assert "s are too recent (the API shows events up to 60 s late); run again after " in at_once.stderr
+    [[tail_start, tail_end]] = show(deployment)["gaps"]
+    assert now - 60 <= tail_start <= now - 30 and tail_end == now
+
+    # A minute later (the connector's clock moved, not the test's) the same backfill delivers the tail.
+    later = deployment.connector()
+    later.collector.wall_clock = lambda: now + 2 * SETTLE_DELAY_SECONDS
+    _, lanes = plan_backfill_lanes(later.collector.state, "acme", now - 7200, now + 60, now + 120, 3600, False)
+    assert [report.status for report in collect_at_once(later.collector, lanes, 1)] == ["ok"]
+    assert show(deployment)["gaps"] == []
+    assert Counter(deployment.landed().values()) == Counter({1: 15})
+    assert set(deployment.landed()) == expected_ids("acme", settled) | expected_ids("acme", recent)
 
 
 def test_a_backfill_skips_an_org_whose_first_live_run_is_under_way(deployment):
