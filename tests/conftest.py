@@ -231,3 +231,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("fault matrix figures (also in test-results/fault-matrix-latest.md)")
     for line in FIGURES.render().splitlines():
         terminalreporter.write_line(line)
+
+
+# -- detection harness -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def story_rows(tls_ca: TlsTestCA, azurite):
+    """`story_rows(story)`: the rows the real connector writes for a scripted story, produced once
+    per session (tests/detection_rows.py)."""
+    from tests.detection_rows import StoryCache
+
+    return StoryCache(tls_ca.server_context, azurite.connection_string)

@@ -10,8 +10,11 @@ How to use it
 - `Workspace(tables, functions)` loads the rows once and runs many queries on them, each at its
   own `now` and, if given, over `time_range` on TimeGenerated (a rule's query period, the portal's
   time picker). `functions` are workspace functions, e.g. `parser_function()` for the ASIM parser.
-- tests/detection_rows.py makes the rows: it runs the real connector on a scripted story and takes
-  what the ingestion stand-in accepted (`story_rows(story)`, cached per story for the session).
+- tests/detection_rows.py makes the rows: a `Story` (events published to the Pulumi stand-in, timer
+  runs, outages, a backfill, optional explicit ingestion times) run through the real connector on a
+  virtual clock; the session fixture `story_rows(story)` (tests/conftest.py) produces each story once.
+  Typical test: `rows = story_rows(STORY); Workspace(rows.tables, [parser_function()]).run(query, now)`.
+- Rewrites apply to the query and to the function bodies. To add one, add an entry to REWRITES.
 
 The engine lacks a few constructs the shipped queries use. `REWRITES` is the one table of what the
 harness changes in a query before running it, each with why the result is the same; the shipped
@@ -32,6 +35,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb_kql
+import regex
+from duckdb_kql.engine import schema as duckdb_schema
 
 from shared.schema import AUDIT_TABLE, HEALTH_TABLE, Table
 from tests import content_model as cm
@@ -46,7 +51,7 @@ _SQL_TYPES = {"datetime": "TIMESTAMP", "string": "VARCHAR", "long": "BIGINT", "b
 @dataclass(frozen=True)
 class Rewrite:
     name: str
-    pattern: re.Pattern[str]
+    pattern: re.Pattern[str] | regex.Pattern[str]
     replacement: str | Callable[[re.Match[str]], str]
     why: str
 
@@ -55,6 +60,52 @@ def _take_any_per_column(match: re.Match[str]) -> str:
     columns = [column.strip() for column in match.group("columns").split(",")]
     return ", ".join(f"{column} = take_any({column})" for column in columns)
 
+
+def _top_level_split(text: str) -> list[str]:
+    """`text` split at the commas outside brackets and string literals."""
+    parts, depth, quote, start = [], 0, "", 0
+    for index, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote and text[index - 1] != "\\" else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:index].strip())
+            start = index + 1
+    parts.append(text[start:].strip())
+    return [part for part in parts if part]
+
+
+def _parser_call_by_position(match: regex.Match[str]) -> str:
+    parser = cm.parser()
+    declared = [parameter.split(":", 1)[0].strip() for parameter in _top_level_split(parser.parameters)]
+    defaults = [parameter.split("=", 1)[1].strip() for parameter in _top_level_split(parser.parameters)]
+    given = _top_level_split(match.group("arguments")[1:-1])
+    named = dict(argument.split("=", 1) for argument in given if _NAMED_ARGUMENT.match(argument))
+    named = {name.strip(): value.strip() for name, value in named.items()}
+    unknown = set(named) - set(declared)
+    if unknown:
+        raise ValueError(f"{parser.function_alias} has no parameters {sorted(unknown)}; it declares {declared}")
+    positional = [argument for argument in given if not _NAMED_ARGUMENT.match(argument)]
+    values = (
+        positional
+        + [named.get(name, default) for name, default in zip(declared, defaults, strict=True)][len(positional) :]
+    )
+    return f"{parser.function_alias}({', '.join(values)})"
+
+
+def _ipv4_prefix_test(match: re.Match[str]) -> str:
+    address, prefixes = match.group("address"), match.group("prefixes")
+    candidates = [f'extract(@"^({octets})", 1, {address})' for octets in (r"\d+\.", r"\d+\.\d+\.", r"\d+\.\d+\.\d+\.")]
+    tests = " or ".join(f"set_has_element({prefixes}, {candidate})" for candidate in [*candidates, address])
+    return rf'(isnotempty(extract(@"^(\d+\.\d+\.\d+\.\d+)$", 1, {address})) and ({tests}))'
+
+
+_NAMED_ARGUMENT = re.compile(r"^\s*[A-Za-z_]\w*\s*=(?!=)")
 
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite(
@@ -78,6 +129,22 @@ REWRITES: tuple[Rewrite, ...] = (
         "take_any(a, b) takes a and b from one row and names them a, b; a = take_any(a), b = take_any(b) "
         "may take them from different rows, the same result wherever they are constant within each "
         "group, as in the one use: the per-(org, IP) failure columns joined on the group keys.",
+    ),
+    Rewrite(
+        "parser call with named arguments",
+        regex.compile(
+            r"(?<!function )\b" + cm.parser().function_alias + r"(?P<arguments>\((?:[^()]++|(?&arguments))*\))"
+        ),
+        _parser_call_by_position,
+        "Kusto binds f(name = value) to the parameter of that name; the engine takes arguments by "
+        "position only, so each is put at its parameter's place and the others get their declared defaults.",
+    ),
+    Rewrite(
+        "has_any_ipv4_prefix(column, list)",
+        re.compile(r"\bhas_any_ipv4_prefix\((?P<address>\w+),\s*(?P<prefixes>\w+)\)"),
+        _ipv4_prefix_test,
+        "an IPv4 prefix is a whole address or its first 1 to 3 octets ending in a dot, so an IPv4 "
+        "address has a prefix in the list exactly when one of those four strings is in it.",
     ),
 )
 
@@ -145,6 +212,8 @@ class Workspace:
             raise ValueError(f"no schema for tables {sorted(unknown)}; known: {sorted(TABLES)}")
         self.functions = [rewrite(definition)[0] for definition in functions]
         self.connection = duckdb_kql.connect()
+        self.connection.execute("SET TimeZone='UTC'")
+        self._translations: dict[str, tuple[str, bool, list[str]]] = {}
         for name, table in TABLES.items():
             columns = [(column.name, column.type) for column in table.columns]
             sql_columns = ", ".join(f'"{column}" {_SQL_TYPES[kind]}' for column, kind in columns)
@@ -157,6 +226,21 @@ class Workspace:
             if rows:
                 placeholders = ", ".join("?" for _ in range(len(columns) + 1))
                 self.connection.executemany(f'INSERT INTO "all_{name}" VALUES ({placeholders})', rows)
+
+    def _translated(self, query: str) -> tuple[str, bool, list[str]]:
+        """The query rewritten and translated to SQL once; `now` is a parameter of the SQL."""
+        if query not in self._translations:
+            runnable, applied = rewrite(query)
+            # Any instant: the translation reads `now()` from the $kqlnow parameter, bound per run.
+            translated = duckdb_kql.to_sql(
+                runnable,
+                schema=duckdb_schema(self.connection),
+                query_now=datetime(2000, 1, 1, tzinfo=UTC),
+                functions=self.functions or None,
+            )
+            assert set(translated.parameters) <= {"kqlnow"}, f"unexpected parameters {translated.parameters}"
+            self._translations[query] = (str(translated), "kqlnow" in translated.parameters, applied)
+        return self._translations[query]
 
     def run(
         self,
@@ -179,8 +263,8 @@ class Workspace:
                 f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "all_{name}" WHERE {" AND ".join(conditions)}',
                 parameters,
             )
-        runnable, applied = rewrite(query)
-        relation = duckdb_kql.query(self.connection, runnable, query_now=now, functions=self.functions or None)
+        sql, reads_now, applied = self._translated(query)
+        relation = self.connection.sql(sql, params={"kqlnow": _utc_naive(now)} if reads_now else None)
         columns, types = relation.columns, [str(kind) for kind in relation.types]
         EXECUTIONS.record(label or query, applied)
         return [
