@@ -75,20 +75,32 @@ def workbook() -> dict[str, Any]:
     return im.evaluate(sentinel_tree(), "workbookContent", im.SENTINEL_MODULE)
 
 
-def parser() -> Parser:
-    """The saved search that declares a function: the ASIM parser."""
+def parsers() -> list[Parser]:
+    """The saved searches that declare a function: the ASIM parsers, filtering one first."""
     searches = im.resources_of_type(sentinel_tree(), "Microsoft.OperationalInsights/workspaces/savedSearches")
-    [search] = [found for found in searches.values() if "functionAlias" in im.body(found)["properties"]]
-    properties = im.body(search)["properties"]
-    source = im.loaded_file(properties["query"], im.SENTINEL_MODULE)
-    return Parser(
-        name=im.resolve(sentinel_tree(), im.body(search)["name"]),
-        function_alias=im.resolve(sentinel_tree(), properties["functionAlias"]),
-        parameters=im.bicep_text(properties["functionParameters"]),
-        body=source.read_text(encoding="utf-8"),
-        source=source,
-        resource=search,
-    )
+    found = []
+    for search in searches.values():
+        properties = im.body(search)["properties"]
+        if "functionAlias" not in properties:
+            continue
+        source = im.loaded_file(properties["query"], im.SENTINEL_MODULE)
+        found.append(
+            Parser(
+                name=im.resolve(sentinel_tree(), im.body(search)["name"]),
+                function_alias=im.resolve(sentinel_tree(), properties["functionAlias"]),
+                parameters=im.bicep_text(properties["functionParameters"]),
+                body=source.read_text(encoding="utf-8"),
+                source=source,
+                resource=search,
+            )
+        )
+    return sorted(found, key=lambda parser: not parser.function_alias.startswith("vim"))
+
+
+def parser() -> Parser:
+    """The ASIM filtering parser, vimAuditEventPulumiCloud: the one that maps the table."""
+    [found] = [parser for parser in parsers() if parser.function_alias.startswith("vim")]
+    return found
 
 
 def hunting_queries() -> list[dict[str, Any]]:
@@ -173,13 +185,13 @@ def shipped_queries() -> list[ShippedQuery]:
         for name, text in workbook_queries()
     ]
     queries += [ShippedQuery(f"hunting:{query['key']}", query["source"], query["query"]) for query in hunting_queries()]
-    found = parser()
-    queries.append(
+    queries += [
         ShippedQuery(
             f"parser:{found.function_alias}",
             found.source,
             # The function's body, analysed as the function it is deployed as.
             f"let {found.function_alias} = ({found.parameters}) {{\n{found.body}\n}};\n{found.function_alias}()",
         )
-    )
+        for found in parsers()
+    ]
     return queries

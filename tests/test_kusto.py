@@ -41,11 +41,10 @@ PROBES = {
 
 @pytest.fixture(scope="session")
 def analysis() -> dict[str, kusto.Analysis]:
-    parser = cm.parser()
-    function = kusto.StoredFunction(parser.function_alias, parser.parameters, parser.body)
+    functions = [kusto.StoredFunction(parser.function_alias, parser.parameters, parser.body) for parser in cm.parsers()]
     queries = {query.id: query.text for query in SHIPPED} | PROBES
     try:
-        return kusto.analyse(TABLES, [function], queries)
+        return kusto.analyse(TABLES, functions, queries)
     except kusto.KustoUnavailable as error:
         pytest.fail(str(error), pytrace=False)
 
