@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,10 @@ from duckdb_kql.engine import schema as duckdb_schema
 
 from shared.schema import AUDIT_TABLE, HEALTH_TABLE, Table
 from tests import content_model as cm
+from tests.kusto import STANDARD_COLUMNS
 
+# The Log Analytics workspace the rows are in (its TenantId column).
+WORKSPACE_ID = "00000000-0000-4000-8000-000000000001"
 # The key of a row's ingestion time (a datetime) in the rows given to the engine.
 INGESTED_AT = "_IngestedAt"
 
@@ -105,6 +109,16 @@ def _ipv4_prefix_test(match: re.Match[str]) -> str:
     return rf'(isnotempty(extract(@"^(\d+\.\d+\.\d+\.\d+)$", 1, {address})) and ({tests}))'
 
 
+def _bag_merge_as_text(match: regex.Match[str]) -> str:
+    first, second = _top_level_split(match.group("arguments")[1:-1])
+    a, b = f"tostring({first})", f"tostring({second})"
+    # '{"x":1}' and '{"y":2}' -> '{"x":1' + ',' + '"y":2}'; no comma when either is '{}'.
+    return (
+        f'todynamic(strcat(substring({a}, 0, strlen({a}) - 1), iff(strlen({a}) > 2 and strlen({b}) > 2, ",", ""), '
+        f"substring({b}, 1)))"
+    )
+
+
 _NAMED_ARGUMENT = re.compile(r"^\s*[A-Za-z_]\w*\s*=(?!=)")
 
 REWRITES: tuple[Rewrite, ...] = (
@@ -145,6 +159,13 @@ REWRITES: tuple[Rewrite, ...] = (
         _ipv4_prefix_test,
         "an IPv4 prefix is a whole address or its first 1 to 3 octets ending in a dot, so an IPv4 "
         "address has a prefix in the list exactly when one of those four strings is in it.",
+    ),
+    Rewrite(
+        "bag_merge(bag, bag)",
+        regex.compile(r"\bbag_merge(?P<arguments>\((?:[^()]++|(?&arguments))*\))"),
+        _bag_merge_as_text,
+        "bag_merge of two bags whose keys differ (the parser's AdditionalFields and its RawEvent key) is "
+        "the JSON object with the members of both: the two texts joined with a comma, braces kept once.",
     ),
 )
 
@@ -203,6 +224,16 @@ def _result_value(value: Any, sql_type: str) -> Any:
     return value
 
 
+def _standard_values(table: str, index: int) -> dict[str, str]:
+    """What Log Analytics stores in the standard columns of a table's `index`-th row."""
+    return {
+        "TenantId": WORKSPACE_ID,
+        "Type": table,
+        "_ResourceId": "",
+        "_ItemId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{table}/{index}")),
+    }
+
+
 class Workspace:
     """Rows of the connector's tables loaded once; queries run on them at a point in time."""
 
@@ -215,13 +246,14 @@ class Workspace:
         self.connection.execute("SET TimeZone='UTC'")
         self._translations: dict[str, tuple[str, bool, list[str]]] = {}
         for name, table in TABLES.items():
-            columns = [(column.name, column.type) for column in table.columns]
+            # The table's columns, then the ones Log Analytics adds to every row (tests/kusto.py).
+            columns = [(column.name, column.type) for column in table.columns] + list(STANDARD_COLUMNS)
             sql_columns = ", ".join(f'"{column}" {_SQL_TYPES[kind]}' for column, kind in columns)
             self.connection.execute(f'CREATE TABLE "all_{name}" ({sql_columns}, "{INGESTED_AT}" TIMESTAMP)')
             rows = [
-                [_cell(row.get(column), kind) for column, kind in columns]
+                [_cell({**_standard_values(name, index), **row}.get(column), kind) for column, kind in columns]
                 + [_utc_naive(row.get(INGESTED_AT, row.get("TimeGenerated")))]
-                for row in tables.get(name, ())
+                for index, row in enumerate(tables.get(name, ()))
             ]
             if rows:
                 placeholders = ", ".join("?" for _ in range(len(columns) + 1))
