@@ -111,12 +111,11 @@ def _ipv4_prefix_test(match: re.Match[str]) -> str:
 
 def _bag_merge_as_text(match: regex.Match[str]) -> str:
     first, second = _top_level_split(match.group("arguments")[1:-1])
-    a, b = f"tostring({first})", f"tostring({second})"
-    # '{"x":1}' and '{"y":2}' -> '{"x":1' + ',' + '"y":2}'; no comma when either is '{}'.
-    return (
-        f'todynamic(strcat(substring({a}, 0, strlen({a}) - 1), iff(strlen({a}) > 2 and strlen({b}) > 2, ",", ""), '
-        f"substring({b}, 1)))"
-    )
+    a = f"tostring({first})"
+    # '{"x":1}' and '{"y":2}' -> '{"x":1' + ',' + '"y":2}'; the comma dropped again where either
+    # bag is empty ('{,' or ',}'). The second bag, often an expression, is written once.
+    joined = f'strcat(substring({a}, 0, strlen({a}) - 1), ",", substring(tostring({second}), 1))'
+    return f'todynamic(replace_regex(replace_regex({joined}, @"^\\{{,", "{{"), @",\\}}$", "}}"))'
 
 
 _NAMED_ARGUMENT = re.compile(r"^\s*[A-Za-z_]\w*\s*=(?!=)")
