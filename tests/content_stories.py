@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.catalog import catalog_entries
+from tests import content_model as cm
 from tests.detection_rows import Batch, Outage, Story, audit_event, every
 
 ORG = "acme"
@@ -33,6 +34,11 @@ NOW = datetime(2026, 4, 1, 18, 0, tzinfo=UTC)
 FIRST_DAY = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 32  # 2026-03-01 .. 2026-04-01: a 1-day lookback after a 30-day baseline, and a day to spare
 TIMER_DELAY = timedelta(minutes=2)  # when the timer (every minute, 60 s settle) delivers an event
+
+
+def parser_functions() -> list[str]:
+    """The ASIM parsers as the workspace functions they are deployed as, for tests/kql_engine.py."""
+    return [f"function {p.function_alias}({p.parameters}) {{\n{p.body}\n}}" for p in cm.parsers()]
 
 
 def _timer_ingestion(row: Mapping[str, Any], accepted: datetime) -> datetime:

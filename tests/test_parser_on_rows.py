@@ -13,7 +13,6 @@ from datetime import timedelta
 import pytest
 
 from shared.catalog import catalog_entries
-from tests import content_model as cm
 from tests import content_stories as cs
 from tests.kql_engine import Workspace
 
@@ -177,14 +176,9 @@ EXPECTED_BY_EVENT = {event: fields for fields, events in EXPECTED.items() for ev
 ENTRIES = {entry["event"]: entry for entry in catalog_entries()}
 
 
-def parser_definitions() -> list[str]:
-    """Both parsers as the workspace functions they are deployed as."""
-    return [f"function {p.function_alias}({p.parameters}) {{\n{p.body}\n}}" for p in cm.parsers()]
-
-
 @pytest.fixture(scope="module")
 def workspace(story_rows) -> Workspace:
-    return Workspace(story_rows(cs.CATALOG_STORY).tables, parser_definitions())
+    return Workspace(story_rows(cs.CATALOG_STORY).tables, cs.parser_functions())
 
 
 @pytest.fixture(scope="module")
