@@ -50,8 +50,11 @@ def audit_event(
     ip: str,
     description: str = "",
     token: str | None = None,
+    actor: str | None = None,
+    org: str = "acme",
 ) -> dict[str, Any]:
-    """One event as the Pulumi audit API returns it, flags taken from the event catalog."""
+    """One event as the Pulumi audit API returns it, flags taken from the event catalog. `token`:
+    the access token used; `actor`: a non-human actor (a CI identity) that acted."""
     entry = event_catalog()[event_id]
     event: dict[str, Any] = {
         "timestamp": at(moment),
@@ -62,6 +65,8 @@ def audit_event(
     }
     if token is not None:
         event |= {"tokenID": str(uuid.uuid5(uuid.NAMESPACE_URL, token)), "tokenName": token}
+    if actor is not None:
+        event |= {"actorName": actor, "actorUrn": f"urn:pulumi:org:{org}::actor:{actor}"}
     for flag, key in (
         ("requiresOrgAdmin", "reqOrgAdmin"),
         ("requiresStackAdmin", "reqStackAdmin"),

@@ -233,6 +233,11 @@ def _standard_values(table: str, index: int) -> dict[str, str]:
     }
 
 
+# The time range of a query run without one.
+_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 class Workspace:
     """Rows of the connector's tables loaded once; queries run on them at a point in time."""
 
@@ -257,6 +262,8 @@ class Workspace:
             if rows:
                 placeholders = ", ".join("?" for _ in range(len(columns) + 1))
                 self.connection.executemany(f'INSERT INTO "all_{name}" VALUES ({placeholders})', rows)
+            # Empty, under the table's own name: the translation reads its schema (for joins and lets).
+            self.connection.execute(f'CREATE TABLE "{name}" AS SELECT * FROM "all_{name}" LIMIT 0')
 
     def _translated(self, query: str) -> tuple[str, bool, list[str]]:
         """The query rewritten and translated to SQL once; `now` is a parameter of the SQL."""
@@ -270,7 +277,16 @@ class Workspace:
                 functions=self.functions or None,
             )
             assert set(translated.parameters) <= {"kqlnow"}, f"unexpected parameters {translated.parameters}"
-            self._translations[query] = (str(translated), "kqlnow" in translated.parameters, applied)
+            sql = str(translated)
+            for name in TABLES:
+                # What the query may see at the time of a run: the rows ingested by then, with their
+                # TimeGenerated in the time range. Bound per run, so one translation serves all runs.
+                sql = sql.replace(
+                    f'"{name}"',
+                    f'(SELECT * FROM "all_{name}" WHERE "{INGESTED_AT}" <= $visible_at '
+                    f'AND "TimeGenerated" BETWEEN $range_start AND $range_end)',
+                )
+            self._translations[query] = (sql, "kqlnow" in translated.parameters, applied)
         return self._translations[query]
 
     def run(
@@ -283,24 +299,18 @@ class Workspace:
     ) -> list[dict[str, Any]]:
         """The rows `query` returns at `now`: only rows ingested by then exist, and with `time_range`
         only those whose TimeGenerated lies in it (bounds included), as Sentinel and the portal apply it."""
-        conditions = [f'"{INGESTED_AT}" <= ?']
-        parameters: list[Any] = [_utc_naive(now)]
-        if time_range is not None:
-            conditions.append('"TimeGenerated" BETWEEN ? AND ?')
-            parameters += [_utc_naive(time_range[0]), _utc_naive(time_range[1])]
-        for name in TABLES:
-            # A table, not a view: the engine reads the schema of tables only (for joins and lets).
-            self.connection.execute(
-                f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "all_{name}" WHERE {" AND ".join(conditions)}',
-                parameters,
-            )
         sql, reads_now, applied = self._translated(query)
-        relation = self.connection.sql(sql, params={"kqlnow": _utc_naive(now)} if reads_now else None)
-        columns, types = relation.columns, [str(kind) for kind in relation.types]
+        low, high = time_range if time_range is not None else (_EARLIEST, _LATEST)
+        parameters = {"visible_at": _utc_naive(now), "range_start": _utc_naive(low), "range_end": _utc_naive(high)}
+        if reads_now:
+            parameters["kqlnow"] = _utc_naive(now)
+        cursor = self.connection.execute(sql, {name: value for name, value in parameters.items() if f"${name}" in sql})
+        columns = [(column[0], str(column[1])) for column in cursor.description]
+        found = cursor.fetchall()
         EXECUTIONS.record(label or query, applied)
         return [
-            {column: _result_value(value, kind) for column, value, kind in zip(columns, row, types, strict=True)}
-            for row in relation.fetchall()
+            {name: _result_value(value, kind) for (name, kind), value in zip(columns, row, strict=True)}
+            for row in found
         ]
 
 
