@@ -10,6 +10,7 @@ Bicep that deploys the rules (infra/modules/workspace.bicep), so the simulation 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from tests import content_model as cm
 from tests import infra_model as im
 from tests.kql_engine import Workspace
 
@@ -68,9 +68,19 @@ def _rule_resource_properties() -> dict[str, Any]:
     return im.body(resource)["properties"]
 
 
+def _deployed_query(rule: dict[str, Any], orgs: tuple[str, ...]) -> str:
+    """The rule's query as deployed with `pulumiOrgs` = `orgs`."""
+    text = rule["query_file"].read_text(encoding="utf-8")
+    if rule["substitution"]:
+        placeholder, replacement = rule["substitution"]
+        text = text.replace(placeholder, replacement.replace("${string(pulumiOrgs)}", json.dumps(list(orgs))))
+    return text
+
+
 @cache
-def scheduled_rules() -> dict[str, ScheduledRule]:
-    """Every analytic rule the workspace module deploys, as Sentinel schedules it."""
+def scheduled_rules(orgs: tuple[str, ...] = ("acme",)) -> dict[str, ScheduledRule]:
+    """Every analytic rule the workspace module deploys for the organizations `orgs` (the
+    deployment's pulumiOrgs: the stories' default org), as Sentinel schedules it."""
     properties = _rule_resource_properties()
     operator, threshold = properties["triggerOperator"], int(properties["triggerThreshold"])
     rules = {}
@@ -82,7 +92,7 @@ def scheduled_rules() -> dict[str, ScheduledRule]:
         )
         rules[rule["key"]] = ScheduledRule(
             key=rule["key"],
-            query=cm.rule_text(rule),
+            query=_deployed_query(rule, orgs),
             frequency=iso_duration(rule["queryFrequency"]),
             period=iso_duration(rule["queryPeriod"]),
             trigger_operator=operator,
