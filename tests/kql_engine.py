@@ -175,14 +175,16 @@ class Executions:
 
     queries: Counter[str]
     rewrites: Counter[str]
+    texts: set[str]
 
-    def record(self, label: str, applied: list[str]) -> None:
-        self.queries[label] += 1
+    def record(self, label: str, query: str, applied: list[str]) -> None:
+        self.queries[label or query] += 1
+        self.texts.add(query)
         for name in applied:
             self.rewrites[name] += 1
 
 
-EXECUTIONS = Executions(Counter(), Counter())
+EXECUTIONS = Executions(Counter(), Counter(), set())
 
 
 def rewrite(query: str) -> tuple[str, list[str]]:
@@ -307,7 +309,7 @@ class Workspace:
         cursor = self.connection.execute(sql, {name: value for name, value in parameters.items() if f"${name}" in sql})
         columns = [(column[0], str(column[1])) for column in cursor.description]
         found = cursor.fetchall()
-        EXECUTIONS.record(label or query, applied)
+        EXECUTIONS.record(label, query, applied)
         return [
             {name: _result_value(value, kind) for (name, kind), value in zip(columns, row, strict=True)}
             for row in found
@@ -331,9 +333,22 @@ def summary_lines() -> list[str]:
     """The summary printed at the end of the test run: what ran and which rewrites it needed."""
     if not EXECUTIONS.queries:
         return []
+    shipped = cm.shipped_queries()
+    # A shipped query ran if a run was labelled with its id or ran its text, or its file's text
+    # (a workbook query with the portal's own parameter values, the parser through its function).
+    ran = [
+        query
+        for query in shipped
+        if query.id in EXECUTIONS.queries
+        or query.text in EXECUTIONS.texts
+        or any(query.source.read_text(encoding="utf-8") in text for text in EXECUTIONS.texts)
+    ]
+    not_run = sorted(query.id for query in shipped if query not in ran)
     lines = [
         f"{sum(EXECUTIONS.queries.values())} KQL executions of {len(EXECUTIONS.queries)} distinct queries "
         f"on connector-produced rows (duckdb-kql {duckdb_kql.__version__})",
+        f"shipped queries executed: {len(ran)} of {len(shipped)}"
+        + (f"; not run: {', '.join(not_run)}" if not_run else ""),
         "rewrites (tests/kql_engine.py REWRITES):",
     ]
     for entry in REWRITES:
