@@ -123,3 +123,14 @@ def test_no_rule_extends_legacy_entity_columns_beside_its_entity_mappings(key):
     rule = scheduled_rules()[key]
     assert rule.entity_mappings
     assert "CustomEntity" not in im.kql_without_comments(rule.query)
+
+
+@pytest.mark.parametrize("key", ds.DETECTION_RULES)
+def test_the_tour_lists_each_detection_rule_with_its_schedule(key):
+    [rule] = [rule for rule in im.analytic_rules() if rule["key"] == key]
+    tour = (im.REPO_ROOT / "docs" / "SENTINEL.md").read_text(encoding="utf-8")
+    section = tour.split("\n## Analytic rules\n", 1)[1].split("\n## ", 1)[0]
+    [row] = [line for line in section.splitlines() if line.startswith(f"| {rule['displayName']} |")]
+    frequency = rule["queryFrequency"].removeprefix("PT").lower()
+    period = rule["queryPeriod"].removeprefix("PT").removeprefix("P").lower()
+    assert f"| {frequency} / {period} |" in row
