@@ -197,6 +197,9 @@ def rewrite(query: str) -> tuple[str, list[str]]:
     return query, applied
 
 
+_FUNCTION_NAME = re.compile(r"^\s*function\s+(?:with\s*\([^)]*\)\s*)?(\w+)\s*\(")
+
+
 def parser_function() -> str:
     """The ASIM parser as the workspace function it is deployed as."""
     found = cm.parser()
@@ -248,6 +251,7 @@ class Workspace:
         if unknown:
             raise ValueError(f"no schema for tables {sorted(unknown)}; known: {sorted(TABLES)}")
         self.functions = [rewrite(definition)[0] for definition in functions]
+        self._function_sources = {_FUNCTION_NAME.match(definition).group(1): definition for definition in functions}
         self.connection = duckdb_kql.connect()
         self.connection.execute("SET TimeZone='UTC'")
         self._translations: dict[str, tuple[str, bool, list[str]]] = {}
@@ -266,6 +270,18 @@ class Workspace:
                 self.connection.executemany(f'INSERT INTO "all_{name}" VALUES ({placeholders})', rows)
             # Empty, under the table's own name: the translation reads its schema (for joins and lets).
             self.connection.execute(f'CREATE TABLE "{name}" AS SELECT * FROM "all_{name}" LIMIT 0')
+
+    def _called_functions(self, query: str) -> list[str]:
+        """The definitions of the functions `query` calls, directly or through another function."""
+        called: dict[str, str] = {}
+        texts = [query]
+        while texts:
+            text = texts.pop()
+            for name, definition in self._function_sources.items():
+                if name not in called and re.search(rf"\b{name}\s*\(", text):
+                    called[name] = definition
+                    texts.append(definition.split("{", 1)[1])
+        return list(called.values())
 
     def _translated(self, query: str) -> tuple[str, bool, list[str]]:
         """The query rewritten and translated to SQL once; `now` is a parameter of the SQL."""
@@ -310,6 +326,7 @@ class Workspace:
         columns = [(column[0], str(column[1])) for column in cursor.description]
         found = cursor.fetchall()
         EXECUTIONS.record(label, query, applied)
+        EXECUTIONS.texts.update(self._called_functions(query))
         return [
             {name: _result_value(value, kind) for (name, kind), value in zip(columns, row, strict=True)}
             for row in found
