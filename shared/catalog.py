@@ -57,6 +57,12 @@ class EventCatalog:
 
 
 @lru_cache(maxsize=1)
-def default_catalog() -> EventCatalog:
+def catalog_entries() -> tuple[dict, ...]:
+    """The catalog's entries as shipped: event, displayName, category, authenticationFailure, ..."""
     text = resources.files("shared.data").joinpath("pulumi-audit-event-types.json").read_text(encoding="utf-8")
-    return EventCatalog(json.loads(text)["eventTypes"])
+    return tuple(json.loads(text)["eventTypes"])
+
+
+@lru_cache(maxsize=1)
+def default_catalog() -> EventCatalog:
+    return EventCatalog(list(catalog_entries()))

@@ -231,3 +231,33 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("fault matrix figures (also in test-results/fault-matrix-latest.md)")
     for line in FIGURES.render().splitlines():
         terminalreporter.write_line(line)
+
+
+# -- detection harness -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def story_rows(tls_ca: TlsTestCA, azurite):
+    """`story_rows(story)`: the rows the real connector writes for a scripted story, produced once
+    per session (tests/detection_rows.py)."""
+    from tests.detection_rows import StoryCache
+
+    return StoryCache(tls_ca.server_context, azurite.connection_string)
+
+
+class _KqlHarnessSummary:
+    """Prints, after the run, how many shipped queries ran on connector rows and with which rewrites."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter):
+        from tests.kql_engine import summary_lines
+
+        lines = summary_lines()
+        if lines:
+            terminalreporter.section("KQL detection harness")
+            for line in lines:
+                terminalreporter.write_line(line)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_KqlHarnessSummary(), "kql-harness-summary")

@@ -99,9 +99,15 @@ def saved_functions() -> list[Parser]:
     return functions
 
 
+def parsers() -> list[Parser]:
+    """The ASIM parsers under infra/parser, the filtering one (vim...) first."""
+    found = [function for function in saved_functions() if function.source.parent == PARSER_DIR]
+    return sorted(found, key=lambda parser: not parser.function_alias.startswith("vim"))
+
+
 def parser() -> Parser:
-    """The ASIM parser: the saved function under infra/parser."""
-    [found] = [function for function in saved_functions() if function.source.parent == PARSER_DIR]
+    """The ASIM filtering parser, vimAuditEventPulumiCloud: the one that maps the table."""
+    [found] = [parser for parser in parsers() if parser.function_alias.startswith("vim")]
     return found
 
 
@@ -193,13 +199,13 @@ def shipped_queries() -> list[ShippedQuery]:
         for name, text in workbook_queries()
     ]
     queries += [ShippedQuery(f"hunting:{query['key']}", query["source"], query["query"]) for query in hunting_queries()]
-    for kind, found in (("parser", parser()), ("function", raw_event_function())):
-        queries.append(
-            ShippedQuery(
-                f"{kind}:{found.function_alias}",
-                found.source,
-                # The function's body, analysed as the function it is deployed as.
-                f"let {found.function_alias} = ({found.parameters}) {{\n{found.body}\n}};\n{found.function_alias}()",
-            )
+    queries += [
+        ShippedQuery(
+            f"{kind}:{found.function_alias}",
+            found.source,
+            # The function's body, analysed as the function it is deployed as.
+            f"let {found.function_alias} = ({found.parameters}) {{\n{found.body}\n}};\n{found.function_alias}()",
         )
+        for kind, found in [*(("parser", found) for found in parsers()), ("function", raw_event_function())]
+    ]
     return queries

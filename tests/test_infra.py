@@ -356,14 +356,22 @@ def test_health_rule_windows_on_ingestion_time():
 
 
 @pytest.mark.parametrize("key", sorted(OFFICIAL_RULES))
-def test_official_rule_keeps_query_schedule_severity_and_mitre(key: str):
-    lines, frequency, period, severity, tactics, techniques = OFFICIAL_RULES[key]
+def test_official_rule_quotes_the_official_query_and_keeps_frequency_severity_and_mitre(key: str):
+    """Our version of an official rule sees late rows (docs/SENTINEL.md); the official query stays
+    in its comments, line after line, so a reader can compare the two."""
+    lines, frequency, _official_period, severity, tactics, techniques = OFFICIAL_RULES[key]
     rule = rules_by_key()[key]
-    query_lines = [line.strip() for line in rule["query_file"].read_text().splitlines()]
-    code_lines = [line for line in query_lines if line and not line.startswith("//")]
-    # The original lines, in the original order, with only the EventTime_t filter added.
-    assert [line for line in code_lines if "EventTime_t" not in line] == lines
-    assert (rule["queryFrequency"], rule["queryPeriod"]) == (frequency, period)
+    comments = " ".join(
+        line.strip().removeprefix("//").strip()
+        for line in rule["query_file"].read_text().splitlines()
+        if line.strip().startswith("//")
+    )
+    position = 0
+    for line in lines:
+        found = comments.find(line, position)
+        assert found >= 0, f"{key}: the official query line {line!r} is not quoted (in order) in the comments"
+        position = found + len(line)
+    assert rule["queryFrequency"] == frequency
     assert rule["severity"] == severity
     assert (rule["tactics"], rule["techniques"]) == (tactics, techniques)
 
@@ -378,7 +386,7 @@ def test_official_rules_keep_their_entity_mappings():
             for field in mapping["fieldMappings"]
         }
 
-    assert mappings("excessive-auth-failures") == {("IP", "Address", "SourceIP_s")}
+    assert ("IP", "Address", "SourceIP_s") in mappings("excessive-auth-failures")
     for key in ("stack-deleted", "org-membership-change"):
         assert mappings(key) == {("IP", "Address", "SourceIP_s"), ("Account", "Name", "UserLogin_s")}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import asim
 from shared.schema import AUDIT_TABLE, HEALTH_TABLE, TABLES
 from tests import arm_types
 from tests import content_model as cm
@@ -294,6 +295,40 @@ def test_the_parser_takes_asim_audit_event_filtering_parameters():
     assert parser_parameters() == ASIM_FILTERING_PARAMETERS
 
 
+def test_the_parameterless_parser_is_what_asims_unifying_parser_calls():
+    # ASimAuditEvent calls each source's parser with (disabled, pack) only, a bool first.
+    [unfiltered] = [parser for parser in cm.parsers() if parser.function_alias != cm.parser().function_alias]
+    assert unfiltered.name == unfiltered.function_alias == "ASimAuditEventPulumiCloud"
+    assert unfiltered.parameters == "disabled:bool=false, pack:bool=false"
+    assert im.kql_code(unfiltered.body).strip() == "vimAuditEventPulumiCloud(disabled = disabled, pack = pack)"
+    body = im.body(unfiltered.resource)
+    assert body["properties"]["category"] == "ASIM" and body["etag"] == "*"
+    assert "asimParser" in body["dependsOn"]
+    assert im.condition(cm.sentinel_tree()["resources"]["asimParserUnfiltered"]) == "deployAsimParser"
+
+
+def test_the_parser_states_the_schema_version_whose_values_it_uses():
+    # Learn's Audit Event schema 0.1.2 lists EventType Start/Stop and ObjectType Service,
+    # Scheduled Task and Directory Service Object, which the parser emits.
+    assignments = parser_assignments()
+    assert assignments["EventSchemaVersion"] == '"0.1.2"'
+    assert {"Start", "Stop"} <= possible_values(assignments["EventType"])
+    assert {"Service", "Scheduled Task", "Directory Service Object"} <= possible_values(assignments["ObjectType"])
+
+
+def test_the_reporting_device_is_the_product_and_the_target_alias_is_the_app():
+    assignments = parser_assignments()
+    assert assignments["Dvc"] == "EventProduct"
+    assert assignments["Dst"] == assignments["Application"] == "TargetAppName"
+
+
+def test_the_parser_drops_the_raw_columns_with_project_away_as_asims_guide_recommends():
+    code = im.kql_code(cm.parser().body)
+    assert "| project-away" in code and not re.search(r"\|\s*project\s", code)
+    dropped = set(split_arguments(code.split("| project-away", 1)[1]))
+    assert set(AUDIT_TABLE.column_names) - {"TimeGenerated"} <= dropped
+
+
 def test_the_parser_uses_every_parameter_it_takes():
     code = im.kql_code(cm.parser().body)
     for name, _, _ in ASIM_FILTERING_PARAMETERS:
@@ -329,22 +364,31 @@ def split_arguments(text: str) -> list[str]:
 
 
 def parser_assignments() -> dict[str, str]:
-    """Field -> expression, for every `| extend Field = ...` step and the final `| project` list."""
+    """Field -> expression, for every assignment of an `| extend` or `| project` step."""
     text = re.sub(r"//[^\n]*", "", cm.parser().body)
-    steps = re.findall(r"\|\s*(extend|project)\s+(.*?)(?=\n\s*\||\Z)", text, re.S)
+    steps = re.findall(r"\|\s*(?:extend|project)\s+(.*?)(?=\n\s*\||\Z)", text, re.S)
     assignments = {}
-    for operator, arguments in steps:
-        for argument in split_arguments(arguments) if operator == "project" else [arguments]:
+    for arguments in steps:
+        for argument in split_arguments(arguments):
             name, _, expression = argument.partition("=")
             if expression:
                 assignments[name.strip()] = expression.strip()
     return assignments
 
 
+def mapping_table_values() -> dict[str, set[str]]:
+    """Column -> values of the catalog mapping table the parser carries (shared/asim.py)."""
+    rows = [item.cells() for item in asim.catalog_mappings()]
+    return {column: {row[index] for row in rows} for index, column in enumerate(asim.TABLE_COLUMNS)}
+
+
 def possible_values(expression: str) -> set[str] | None:
-    """The string values `expression` can take, when it is a literal or a case()/iff() of them."""
+    """The string values `expression` can take, when it is a literal, a column of the catalog
+    mapping table, or a case()/iff() of them."""
     if re.fullmatch(r'"[^"]*"', expression):
         return {expression[1:-1]}
+    if expression in mapping_table_values():
+        return mapping_table_values()[expression]
     call = re.fullmatch(r"(case|iff)\((.*)\)", expression, re.S)
     if not call:
         return None

@@ -387,6 +387,27 @@ resource asimParser 'Microsoft.OperationalInsights/workspaces/savedSearches@2025
   }
 }
 
+// The same parser without filtering parameters, for ASIM's unifying parser ASimAuditEvent, which
+// calls each source's parser with (disabled, pack) only.
+var asimParserUnfilteredName = 'ASimAuditEventPulumiCloud'
+
+resource asimParserUnfiltered 'Microsoft.OperationalInsights/workspaces/savedSearches@2025-02-01' = if (deployAsimParser) {
+  parent: workspace
+  name: asimParserUnfilteredName
+  etag: '*'
+  properties: {
+    category: 'ASIM'
+    displayName: 'Audit Event ASIM parser for Pulumi Cloud and Pulumi ESC'
+    query: loadTextContent('../parser/ASimAuditEventPulumiCloud.kql')
+    functionAlias: asimParserUnfilteredName
+    functionParameters: 'disabled:bool=false, pack:bool=false'
+    version: 2
+  }
+  dependsOn: [
+    asimParser
+  ]
+}
+
 // ----------------------------------------------------------------------------------------------
 // PulumiAuditRawEvent: every audit row with RawEvent, the original event rebuilt from the typed
 // columns and ExtraFields_s, for an analyst to read or export the event in full.

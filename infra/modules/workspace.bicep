@@ -147,27 +147,38 @@ var analyticRules = [
   {
     key: 'excessive-auth-failures'
     displayName: 'Pulumi Cloud - Excessive Authentication Failures'
-    description: 'More than 5 failed authentication attempts from one source IP within 15 minutes (official Pulumi rule).'
+    description: 'More than 5 failed authentications (failed sign-ins included) from one source IP within a 15-minute bin of event time (derived from the official Pulumi rule, changed to count failed sign-ins and late rows, and to alert once per bin).'
     query: loadTextContent('../rules/excessive-auth-failures.kql')
     severity: 'Medium'
     queryFrequency: 'PT15M'
-    queryPeriod: 'PT15M'
+    queryPeriod: 'PT2H'
     tactics: [ 'CredentialAccess', 'InitialAccess' ]
     techniques: [ 'T1110' ]
-    entityMappings: [ ipFromSourceIp ]
-    customDetails: {}
-    alertPerResult: false
+    entityMappings: [
+      {
+        entityType: 'Account'
+        fieldMappings: [
+          { identifier: 'Name', columnName: 'Account' }
+        ]
+      }
+      ipFromSourceIp
+    ]
+    customDetails: {
+      PulumiOrg: 'OrgName_s'
+      FailedAttempts: 'FailCount'
+    }
+    alertPerResult: true
     groupIncidentsByOrg: false
     deploy: deployAnalyticRules
   }
   {
     key: 'stack-deleted'
     displayName: 'Pulumi Cloud - Stack Deleted'
-    description: 'A Pulumi stack was deleted (official Pulumi rule).'
+    description: 'A Pulumi stack was deleted (derived from the official Pulumi rule, changed to see rows that land after their event time).'
     query: loadTextContent('../rules/stack-deleted.kql')
     severity: 'Medium'
     queryFrequency: 'PT5M'
-    queryPeriod: 'PT5M'
+    queryPeriod: 'PT2H'
     tactics: [ 'Impact' ]
     techniques: [ 'T1485' ]
     entityMappings: [ accountFromUserLogin, ipFromSourceIp ]
@@ -179,11 +190,11 @@ var analyticRules = [
   {
     key: 'org-membership-change'
     displayName: 'Pulumi Cloud - Organization Membership Change'
-    description: 'A member was added to or removed from a Pulumi organization, or their role changed (official Pulumi rule).'
+    description: 'A member was added to or removed from a Pulumi organization, or their role changed (derived from the official Pulumi rule, changed to see rows that land after their event time).'
     query: loadTextContent('../rules/org-membership-change.kql')
     severity: 'Low'
     queryFrequency: 'PT5M'
-    queryPeriod: 'PT5M'
+    queryPeriod: 'PT2H'
     tactics: [ 'Persistence' ]
     techniques: [ 'T1098' ]
     entityMappings: [ accountFromUserLogin, ipFromSourceIp ]
@@ -203,7 +214,10 @@ var analyticRules = [
     tactics: [ 'CredentialAccess', 'Discovery' ]
     techniques: [ 'T1555' ]
     entityMappings: [ accountFromIdentity, ipFromSourceIp ]
-    customDetails: orgDetail
+    customDetails: {
+      PulumiOrg: 'OrgName_s'
+      Attempts: 'Attempts'
+    }
     alertPerResult: true
     groupIncidentsByOrg: false
     deploy: deployAnalyticRules
@@ -211,7 +225,7 @@ var analyticRules = [
   {
     key: 'esc-environment-open-burst'
     displayName: 'Pulumi ESC - Burst of Environment Opens or Decrypts'
-    description: 'One identity opened or decrypted ESC environments more than 50 times within 15 minutes of event time (threshold: let threshold = 50 in the query; raise it for busy CI identities).'
+    description: 'One identity opened, decrypted or read the resolved values of ESC environments more than 50 times within a 15-minute bin of event time (threshold: let threshold = 50 in the query; raise it for busy CI identities). One alert per identity and bin.'
     query: loadTextContent('../rules/esc-environment-open-burst.kql')
     severity: 'Medium'
     queryFrequency: 'PT15M'
@@ -219,7 +233,10 @@ var analyticRules = [
     tactics: [ 'CredentialAccess', 'Collection' ]
     techniques: [ 'T1555' ]
     entityMappings: [ accountFromIdentity, ipFromFirstSourceIp ]
-    customDetails: orgDetail
+    customDetails: {
+      PulumiOrg: 'OrgName_s'
+      Operations: 'Operations'
+    }
     alertPerResult: true
     groupIncidentsByOrg: false
     deploy: deployAnalyticRules
@@ -227,7 +244,7 @@ var analyticRules = [
   {
     key: 'esc-secret-rotation-failed'
     displayName: 'Pulumi ESC - Secret Rotation Failed'
-    description: 'An ESC environment secret rotation ran and failed (environment-rotated whose description reports a failure); the old credential is still valid.'
+    description: 'An ESC environment secret rotation ran and its description does not report success (environment-rotated); the old credential may still be valid.'
     query: loadTextContent('../rules/esc-secret-rotation-failed.kql')
     severity: 'Low'
     queryFrequency: 'PT15M'
@@ -259,7 +276,7 @@ var analyticRules = [
   {
     key: 'access-token-created-unusual-actor'
     displayName: 'Pulumi Cloud - Access Token Created by an Unusual Identity'
-    description: 'An organization, team or OIDC-exchanged access token was created by an identity that created no token in the organization during the previous 14 days.'
+    description: 'An organization, team or personal access token was created by an identity that created no token in the organization during the previous 14 days (tokens exchanged through a registered OIDC issuer are left out).'
     query: loadTextContent('../rules/access-token-created-unusual-actor.kql')
     severity: 'Medium'
     queryFrequency: 'PT1H'
