@@ -37,7 +37,7 @@ param pulumiOrgs array
 @secure()
 param pulumiAccessToken string = ''
 
-@description('Each org\'s own token (an organization access token), as { \'<org>\': \'<token>\' }; stored in Key Vault only, as secret pulumi-token-<org> (lowercase, \'_\' and \'.\' as \'-\'). Each entry writes a new secret version: leave it empty on redeploys, or set the secrets with az keyvault secret set instead (README).')
+@description('Each org\'s own token (an organization access token), as { \'<org>\': \'<token>\' }; stored in Key Vault only, as secret pulumi-token-<org> (lowercase, \'_\' and \'.\' as \'-\'). Each entry writes a new secret version: leave it empty on redeploys, or set the secrets with az keyvault secret set instead (docs/DEPLOY.md).')
 @secure()
 param pulumiOrgTokens object = {}
 
@@ -298,7 +298,7 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 }
 
 resource sharedTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(pulumiAccessToken)) {
-  // checkov:skip=CKV_AZURE_41:The token's lifetime is set in Pulumi Cloud, not here; rotation adds a new secret version (README) and the connector-silent rule flags an expired token.
+  // checkov:skip=CKV_AZURE_41:The token's lifetime is set in Pulumi Cloud, not here; rotation adds a new secret version (docs/DEPLOY.md) and the connector-silent rule flags an expired token.
   // checkov:skip=CKV_AZURE_114:checkov does not read the properties of a conditional resource; contentType is 'text/plain' (tests/test_infra.py checks it).
   parent: keyVault
   name: sharedTokenSecretName
