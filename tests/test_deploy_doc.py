@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from benchmarks import cost
 from shared.schema import TABLES, Column, Table
 from shared.token_source import org_secret_name
 from tests import infra_model as im
@@ -109,3 +110,13 @@ def test_the_guides_secret_names_are_the_names_the_code_reads(org: str):
     source, target = re.search(r"tr '([^']+)' '([^']+)'", block).groups()
     written = subprocess.run(["tr", source, target], input=org, capture_output=True, text=True, check=True).stdout
     assert "pulumi-token-" + written == org_secret_name(org)
+
+
+def test_the_cost_model_and_its_document_use_the_templates_instance_sizes():
+    parameter = im.parse(im.MAIN)["parameters"]["instanceMemoryMB"]
+    allowed = next(decorator["argument"] for decorator in parameter["decorators"] if decorator["type"] == "allowed")
+    assert sorted(cost.INSTANCE_CORES) == allowed
+    assert parameter["default"] == cost.CHOSEN_INSTANCE_MB
+    text = COST.read_text(encoding="utf-8")
+    assert f"## Instance size: {parameter['default']} MB" in text
+    assert "azure-rest-api-specs#40898" in text
