@@ -1,10 +1,16 @@
 // Pulumi Cloud audit logs -> Microsoft Sentinel: everything the connector needs in Azure.
 //
 // Deploy into the resource group that will hold the connector (Function App, storage, Key Vault,
-// identity, DCR, Application Insights). The Log Analytics workspace must already exist; it may live
-// in another resource group of the same subscription (workspaceResourceGroupName).
+// identity, DCR, Application Insights and its telemetry workspace). The Log Analytics workspace
+// that Sentinel uses must already exist; it may live in another resource group of the same
+// subscription (workspaceResourceGroupName).
 //
 //   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.bicepparam
+//
+// Order: the tables first, then the DCR, storage, vault, roles and the Function App, then the
+// Sentinel rules and content last. A rule failing because a new table is not visible yet stops
+// nothing else, and running the same command again is safe (every resource is overwritten, the
+// saved searches with etag '*'). docs/DEPLOY.md has the whole path.
 //
 // Nothing here reads or outputs a storage key: the storage account refuses shared keys and every
 // connection (host storage, deployment package, checkpoint tables, DCR, App Insights, Key Vault)
@@ -31,7 +37,7 @@ param pulumiOrgs array
 @secure()
 param pulumiAccessToken string = ''
 
-@description('Each org\'s own token (an organization access token), as { \'<org>\': \'<token>\' }; stored in Key Vault only, as secret pulumi-token-<org> (lowercase, \'_\' and \'.\' as \'-\'). Each entry writes a new secret version: leave it empty on redeploys, or set the secrets with az keyvault secret set instead (README).')
+@description('Each org\'s own token (an organization access token), as { \'<org>\': \'<token>\' }; stored in Key Vault only, as secret pulumi-token-<org> (lowercase, \'_\' and \'.\' as \'-\'). Each entry writes a new secret version: leave it empty on redeploys, or set the secrets with az keyvault secret set instead (docs/DEPLOY.md).')
 @secure()
 param pulumiOrgTokens object = {}
 
@@ -94,10 +100,21 @@ param deployHuntingQueries bool = true
 @description('Onboard Microsoft Sentinel on the workspace. Leave false when Sentinel is already enabled there.')
 param onboardSentinel bool = false
 
-@description('Prefix of the resource names; change it to deploy a second copy into the same resource group.')
+@description('Prefix of the resource names and key of this copy\'s Connector Down rule; change it to deploy a second copy into the same resource group or workspace. The tables and the other Sentinel content are shared by every copy in the workspace (docs/DEPLOY.md).')
 @minLength(3)
 @maxLength(20)
 param baseName string = 'pulumi-audit'
+
+@description('Memory of each Flex Consumption instance, in MB; the bill is this size times the seconds the app runs. docs/COST.md says why 512 is enough.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 512
+
+@description('Daily cap of the Application Insights telemetry workspace, in GB (a decimal number as a string). Telemetry stops for the rest of the day when it is reached; the health table in Sentinel does not.')
+param telemetryDailyCapGb string = '0.1'
 
 @description('Tags applied to every resource this template creates.')
 param tags object = {}
@@ -111,9 +128,13 @@ var identityName = 'id-${baseName}'
 var storageAccountName = take('stpal${suffix}', 24)
 var keyVaultName = take('kv-pal-${suffix}', 24)
 var appInsightsName = 'appi-${baseName}-${suffix}'
+var telemetryWorkspaceName = 'log-${baseName}-${suffix}'
 var planName = 'plan-${baseName}-${suffix}'
 var functionAppName = 'func-${baseName}-${suffix}'
-var dcrName = 'dcr-${baseName}-${suffix}'
+// A kind Direct DCR gets its own DNS endpoint, and its name may have at most 30 characters: 16 of
+// the prefix, '-', and the 13 of suffix (which is keyed by baseName, so the name stays unique).
+var dcrNamePrefix = take('dcr-${baseName}', 16)
+var dcrName = '${dcrNamePrefix}-${suffix}'
 
 var tableName = 'PulumiAuditLogs_CL'
 var healthTableName = 'PulumiAuditConnectorHealth_CL'
@@ -125,7 +146,7 @@ var sharedTokenSecretName = 'pulumi-access-token'
 var orgTokenSecretPrefix = 'pulumi-token-'
 
 // ----------------------------------------------------------------------------------------------
-// Existing workspace and the workspace-side content (custom tables, Sentinel, rules, Sentinel content)
+// Existing workspace and its custom tables (the rules and Sentinel content come last, at the end)
 // ----------------------------------------------------------------------------------------------
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
@@ -133,35 +154,14 @@ resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existin
   scope: resourceGroup(workspaceResourceGroupName)
 }
 
-module workspaceContent 'modules/workspace.bicep' = {
-  name: '${baseName}-workspace-content'
+module tables 'modules/tables.bicep' = {
+  name: '${baseName}-tables'
   scope: resourceGroup(workspaceResourceGroupName)
   params: {
     workspaceName: workspaceName
     tableRetentionInDays: tableRetentionInDays
     tableTotalRetentionInDays: tableTotalRetentionInDays
-    deployAnalyticRules: deployAnalyticRules
-    deployHealthRules: deployHealthRules
-    pulumiOrgs: pulumiOrgs
-    onboardSentinel: onboardSentinel
   }
-}
-
-module sentinelContent 'modules/sentinel-content.bicep' = {
-  name: '${baseName}-sentinel-content'
-  scope: resourceGroup(workspaceResourceGroupName)
-  params: {
-    workspaceName: workspaceName
-    location: workspace.location
-    deployDataConnector: deployDataConnector
-    deployWorkbook: deployWorkbook
-    deployAsimParser: deployAsimParser
-    deployHuntingQueries: deployHuntingQueries
-  }
-  dependsOn: [
-    // The tables and Sentinel onboarding come first.
-    workspaceContent
-  ]
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -191,8 +191,8 @@ module dcr 'modules/dcr.bicep' = {
     tags: tags
   }
   dependsOn: [
-    // The output table must exist before the DCR, or the DCR is rejected (InvalidOutputTable).
-    workspaceContent
+    // The output tables must exist before the DCR, or the DCR is rejected (InvalidOutputTable).
+    tables
   ]
 }
 
@@ -298,7 +298,7 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 }
 
 resource sharedTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(pulumiAccessToken)) {
-  // checkov:skip=CKV_AZURE_41:The token's lifetime is set in Pulumi Cloud, not here; rotation adds a new secret version (README) and the connector-silent rule flags an expired token.
+  // checkov:skip=CKV_AZURE_41:The token's lifetime is set in Pulumi Cloud, not here; rotation adds a new secret version (docs/DEPLOY.md) and the connector-silent rule flags an expired token.
   // checkov:skip=CKV_AZURE_114:checkov does not read the properties of a conditional resource; contentType is 'text/plain' (tests/test_infra.py checks it).
   parent: keyVault
   name: sharedTokenSecretName
@@ -325,8 +325,26 @@ resource orgTokenSecrets 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = [for o
 }]
 
 // ----------------------------------------------------------------------------------------------
-// Application Insights (workspace-based, Entra ID ingestion only)
+// Application Insights (workspace-based, Entra ID ingestion only) in a workspace of its own: the
+// app's telemetry is billed at Log Analytics rates, not Sentinel's, and a daily cap bounds it
+// without touching the Sentinel workspace. host.json samples it and keeps only warnings and the
+// connector's own lines.
 // ----------------------------------------------------------------------------------------------
+
+resource telemetryWorkspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: telemetryWorkspaceName
+  location: location
+  tags: tags
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: 30
+    workspaceCapping: {
+      dailyQuotaGb: json(telemetryDailyCapGb)
+    }
+  }
+}
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
   name: appInsightsName
@@ -335,7 +353,7 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
   kind: 'web'
   properties: {
     Application_Type: 'web'
-    WorkspaceResourceId: workspace.id
+    WorkspaceResourceId: telemetryWorkspace.id
     DisableLocalAuth: true
   }
 }
@@ -379,6 +397,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222:'func azure functionapp publish' needs the public scm endpoint; the app has no HTTP functions to expose.
   // checkov:skip=CKV_AZURE_213:Health check pings an HTTP path; a timer-only app has none (the connector-silent rule watches it instead).
   // checkov:skip=CKV_AZURE_212:Flex Consumption starts instances on demand; a timer-only poller runs on one instance at a time and resumes from its checkpoint.
+  // checkov:skip=CKV_AZURE_78:Flex Consumption has no FTP at all, and rejects a site that sets siteConfig.ftpsState (tests/test_infra.py checks it is absent).
   name: functionAppName
   location: location
   tags: tags
@@ -395,7 +414,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       appSettings: [
         // Host storage, identity-based (no connection string; the account refuses shared keys).
@@ -504,7 +522,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
       scaleAndConcurrency: {
         maximumInstanceCount: 40
-        instanceMemoryMB: 2048
+        instanceMemoryMB: instanceMemoryMB
       }
       runtime: {
         name: 'python'
@@ -518,14 +536,45 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   ]
 }
 
-// FTP publishing credentials stay off (ftpsState is Disabled too). The scm policy keeps the platform
-// default, so every Core Tools version can run `func azure functionapp publish`.
-resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
-  parent: functionApp
-  name: 'ftp'
-  properties: {
-    allow: false
+// ----------------------------------------------------------------------------------------------
+// Sentinel onboarding, rules and content, last: a rule's query is validated when the rule is
+// created, and a table created minutes before is then more likely to be visible. A failure here
+// leaves the connector delivering; rerun the deployment (docs/DEPLOY.md).
+// ----------------------------------------------------------------------------------------------
+
+module workspaceContent 'modules/workspace.bicep' = {
+  name: '${baseName}-workspace-content'
+  scope: resourceGroup(workspaceResourceGroupName)
+  params: {
+    workspaceName: workspaceName
+    deployAnalyticRules: deployAnalyticRules
+    deployHealthRules: deployHealthRules
+    pulumiOrgs: pulumiOrgs
+    onboardSentinel: onboardSentinel
+    baseName: baseName
   }
+  dependsOn: [
+    tables
+    functionApp
+  ]
+}
+
+module sentinelContent 'modules/sentinel-content.bicep' = {
+  name: '${baseName}-sentinel-content'
+  scope: resourceGroup(workspaceResourceGroupName)
+  params: {
+    workspaceName: workspaceName
+    location: workspace.location
+    deployDataConnector: deployDataConnector
+    deployWorkbook: deployWorkbook
+    deployAsimParser: deployAsimParser
+    deployHuntingQueries: deployHuntingQueries
+  }
+  dependsOn: [
+    // The tables, and Sentinel onboarding (in workspaceContent), come first.
+    tables
+    workspaceContent
+  ]
 }
 
 // ----------------------------------------------------------------------------------------------

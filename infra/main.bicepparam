@@ -2,7 +2,7 @@
 //   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.bicepparam
 // Tokens are read from the environment at deploy time; never write one into this file. Both token
 // parameters are optional: a deployment without them leaves the secrets in Key Vault as they are
-// (set them there with `az keyvault secret set`, see the README).
+// (set them there with `az keyvault secret set`, see docs/DEPLOY.md).
 using './main.bicep'
 
 param workspaceName = 'my-sentinel-workspace'

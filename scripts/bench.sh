@@ -2,8 +2,9 @@
 # Print throughput and memory figures (benchmarks/bench.py); then, without arguments, the
 # pipelined path's figures (benchmarks/pipeline.py), the parallelism figures (benchmarks/parallel.py)
 # what the delivery state costs as the backlog grows (benchmarks/delivery_state.py, which starts
-# its own Azurite), the cold start (benchmarks/cold_start.py) and what a row costs in Sentinel
-# ingestion (benchmarks/row_cost.py).
+# its own Azurite), the cold start (benchmarks/cold_start.py), what a row costs in Sentinel
+# ingestion (benchmarks/row_cost.py) and the monthly cost computed from measured figures
+# (benchmarks/cost.py, the tables of docs/COST.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh .venv requirements.txt
@@ -18,4 +19,5 @@ if [ "$#" -eq 0 ]; then
   .venv/bin/python -m benchmarks.delivery_state
   .venv/bin/python -m benchmarks.cold_start
   .venv/bin/python -m benchmarks.row_cost
+  .venv/bin/python -m benchmarks.cost
 fi

@@ -23,6 +23,7 @@ from pycep import BicepParser
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INFRA = REPO_ROOT / "infra"
 MAIN = INFRA / "main.bicep"
+TABLES_MODULE = INFRA / "modules" / "tables.bicep"
 WORKSPACE_MODULE = INFRA / "modules" / "workspace.bicep"
 ROLES_MODULE = INFRA / "modules" / "roles.bicep"
 DCR_MODULE = INFRA / "modules" / "dcr.bicep"

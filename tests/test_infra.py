@@ -159,14 +159,18 @@ def test_main_uses_only_modules_from_this_repository():
 # ----------------------------------------------------------------------------------------------
 
 
+def tables_tree() -> dict:
+    return im.parse(im.TABLES_MODULE)
+
+
 def table_resources() -> dict[str, dict]:
-    """The workspace module's tables by name."""
-    tables = im.resources_of_type(workspace_tree(), "Microsoft.OperationalInsights/workspaces/tables")
+    """The tables module's tables by name."""
+    tables = im.resources_of_type(tables_tree(), "Microsoft.OperationalInsights/workspaces/tables")
     return {im.body(table)["name"]: im.body(table) for table in tables.values()}
 
 
 def table_columns(table: Table) -> list[tuple[str, str]]:
-    return im.columns(workspace_tree(), table_resources()[table.name]["properties"]["schema"]["columns"])
+    return im.columns(tables_tree(), table_resources()[table.name]["properties"]["schema"]["columns"])
 
 
 def dcr_tree() -> dict:
@@ -252,10 +256,58 @@ def test_dcr_is_in_the_workspace_region():
     assert im.accessor_path(call["params"]["location"]) == "workspace.location"
 
 
-def test_dcr_depends_on_the_module_that_creates_the_table():
-    table_module, _ = im.only_module_call(main_tree(), im.WORKSPACE_MODULE)
+def test_dcr_depends_on_the_tables_module_alone():
+    """A rule that fails on a table not yet visible must not stop the DCR (nor the app after it)."""
+    tables_module, _ = im.only_module_call(main_tree(), im.TABLES_MODULE)
     _, call = dcr_module_call()
-    assert table_module in call["dependsOn"]
+    assert call["dependsOn"] == [tables_module]
+
+
+def test_the_tables_module_holds_the_tables_and_nothing_else():
+    created = {symbol: resource for symbol, resource in tables_tree()["resources"].items() if not resource["existing"]}
+    assert {resource["type"] for resource in created.values()} == {"Microsoft.OperationalInsights/workspaces/tables"}
+    assert not im.resources_of_type(workspace_tree(), "Microsoft.OperationalInsights/workspaces/tables")
+
+
+def main_dependencies(symbol: str) -> set[str]:
+    """Every resource or module of main.bicep that `symbol` waits for, explicitly or by reference, transitively."""
+    tree = main_tree()
+    declarations = {**tree["resources"], **tree["modules"]}
+
+    def direct(name: str) -> set[str]:
+        found = set()
+        for text in im.strings_in(declarations[name]["config"]):
+            found |= {text} & set(declarations)
+            found |= set(re.findall(r"\$\{(\w+)[.}]", text)) & set(declarations)
+        return found - {name}
+
+    seen: set[str] = set()
+    pending = direct(symbol)
+    while pending:
+        name = pending.pop()
+        if name not in seen:
+            seen.add(name)
+            pending |= direct(name)
+    return seen
+
+
+def test_the_function_app_and_dcr_never_wait_for_the_rules_or_the_sentinel_content():
+    tables_module, _ = im.only_module_call(main_tree(), im.TABLES_MODULE)
+    rules_module, _ = im.only_module_call(main_tree(), im.WORKSPACE_MODULE)
+    content_module, _ = im.only_module_call(main_tree(), im.SENTINEL_MODULE)
+    dcr_symbol, _ = dcr_module_call()
+    for symbol in ("functionApp", dcr_symbol):
+        waits_for = main_dependencies(symbol)
+        assert tables_module in waits_for, symbol
+        assert not {rules_module, content_module} & waits_for, symbol
+
+
+def test_the_rules_and_the_sentinel_content_deploy_last():
+    tables_module, _ = im.only_module_call(main_tree(), im.TABLES_MODULE)
+    rules_module, _ = im.only_module_call(main_tree(), im.WORKSPACE_MODULE)
+    content_module, _ = im.only_module_call(main_tree(), im.SENTINEL_MODULE)
+    assert {tables_module, "functionApp"} <= main_dependencies(rules_module)
+    assert {tables_module, rules_module, "functionApp"} <= main_dependencies(content_module)
 
 
 def test_dcr_module_outputs_what_the_app_needs():
@@ -428,15 +480,42 @@ def test_rule_schedules_look_back_at_least_as_far_as_they_run():
         assert minutes(rule["queryPeriod"]) <= 14 * 1440, rule["key"]
 
 
-def test_rules_are_conditional_and_depend_on_tables_and_onboarding():
+def test_rules_are_conditional_and_depend_on_onboarding():
     tree = workspace_tree()
     ((_symbol, rules),) = im.resources_of_type(tree, "Microsoft.SecurityInsights/alertRules").items()
     assert im.accessor_path(im.condition(rules)) == "rule.deploy"
-    table_symbols = set(im.resources_of_type(tree, "Microsoft.OperationalInsights/workspaces/tables"))
     onboarding_symbol, onboarding = im.only_resource(tree, "Microsoft.SecurityInsights/onboardingStates")
     assert im.condition(onboarding) == "onboardSentinel"
-    assert set(im.body(rules)["dependsOn"]) >= {*table_symbols, onboarding_symbol}
+    assert onboarding_symbol in im.body(rules)["dependsOn"]
     assert im.body(rules)["kind"] == "Scheduled"
+
+
+def rule_name_and_display_name() -> tuple[dict, dict]:
+    tree = workspace_tree()
+    ((_symbol, rules),) = im.resources_of_type(tree, "Microsoft.SecurityInsights/alertRules").items()
+    return im.body(rules)["name"], im.body(rules)["properties"]["displayName"]
+
+
+def per_copy_rule_keys() -> set[str]:
+    """The rule keys whose name and display name the rules resource keys by baseName."""
+    name, _ = rule_name_and_display_name()
+    condition = name["operator"]["operands"]["condition"]["function"]
+    assert condition["type"] == "contains" and im.accessor_path(condition["parameters"]["item_to_find"]) == "rule.key"
+    return set(im.resolve(workspace_tree(), condition["parameters"]["container"]))
+
+
+def test_a_second_copy_adds_its_own_connector_down_rule_instead_of_replacing_the_first():
+    """Two copies (two baseNames) in one workspace: the rule that carries the copy's org list is keyed by baseName."""
+    name, display_name = rule_name_and_display_name()
+    keyed, shared = name["operator"]["operands"]["true_value"], name["operator"]["operands"]["false_value"]
+    assert "baseName" in im.strings_in(keyed) and "baseName" not in im.strings_in(shared)
+    assert display_name["operator"]["operands"]["true_value"] == "${rule.displayName} (${baseName})"
+    assert main_tree()["modules"]["workspaceContent"]["config"]["params"]["baseName"] == "baseName"
+
+
+def test_exactly_the_rules_whose_query_carries_deployment_parameters_are_per_copy():
+    rewritten = {key for key, rule in rules_by_key().items() if rule["substitution"]}
+    assert per_copy_rule_keys() == rewritten == {"health-connector-down"}
 
 
 def test_content_switches_default_to_on_and_onboarding_to_off():
@@ -445,6 +524,33 @@ def test_content_switches_default_to_on_and_onboarding_to_off():
                    "deployAsimParser", "deployHuntingQueries"):
         assert parameters[switch]["default"] is True, switch
     assert parameters["onboardSentinel"]["default"] is False
+
+
+# ----------------------------------------------------------------------------------------------
+# Redeployment: the same template with the same parameters runs again
+# ----------------------------------------------------------------------------------------------
+
+
+def test_every_saved_search_overwrites_the_one_a_previous_deployment_created():
+    """A saved search PUT without etag '*' (or the current etag) is refused with 409 once it exists."""
+    saved_searches = {
+        (path.name, symbol): im.body(resource)
+        for path in im.bicep_files()
+        for symbol, resource in im.resources_of_type(
+            im.parse(path), "Microsoft.OperationalInsights/workspaces/savedSearches"
+        ).items()
+        if not resource["existing"]
+    }
+    assert saved_searches, "the parser and the hunting queries are saved searches"
+    for where, body in saved_searches.items():
+        assert body.get("etag") == "*", where
+
+
+def test_the_connector_definition_sets_its_id_to_its_name():
+    tree = im.parse(im.SENTINEL_MODULE)
+    _, definition = im.only_resource(tree, "Microsoft.SecurityInsights/dataConnectorDefinitions")
+    body = im.body(definition)
+    assert body["properties"]["connectorUiConfig"]["id"] == body["name"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -648,11 +754,58 @@ def test_function_app_uses_the_user_assigned_identity_everywhere():
     assert im.accessor_path(authentication["userAssignedIdentityResourceId"]) == "identity.id"
 
 
-def test_function_app_is_https_only_without_ftp():
+def test_function_app_is_https_only():
     properties = site()["properties"]
     assert properties["httpsOnly"] is True
-    assert properties["siteConfig"]["ftpsState"] == "Disabled"
     assert properties["siteConfig"]["minTlsVersion"] == "1.2"
+
+
+def test_function_app_sets_no_ftp_setting_that_flex_consumption_rejects():
+    """Flex has no FTP: a site with siteConfig.ftpsState is refused, and so is an ftp publishing policy."""
+    assert "ftpsState" not in site()["properties"]["siteConfig"]
+    assert not im.resources_of_type(main_tree(), "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+
+
+def evaluate_name(tree: dict, value, parameters: dict[str, str]) -> str:
+    """A resource name of main.bicep for given parameter values: interpolation, variables and take().
+    uniqueString() is 13 characters; stood in by 13 'u's."""
+    value = tree["variables"][value]["value"] if isinstance(value, str) and value in tree["variables"] else value
+    if isinstance(value, dict):
+        call = value["function"]
+        if call["type"] == "unique_string":
+            return "u" * 13
+        assert call["type"] == "take", call
+        whole = evaluate_name(tree, call["parameters"]["original_value"], parameters)
+        return whole[: call["parameters"]["number_to_take"]]
+
+    def substitute(match: re.Match) -> str:
+        return parameters.get(match.group(1)) or evaluate_name(tree, match.group(1), parameters)
+
+    return re.sub(r"\$\{(\w+)\}", substitute, value)
+
+
+def test_dcr_name_fits_30_characters_for_every_allowed_base_name():
+    """A kind Direct DCR gets its own DNS endpoint; its name may have at most 30 characters."""
+    tree = main_tree()
+    decorators = {d["type"]: d.get("argument") for d in tree["parameters"]["baseName"]["decorators"]}
+    _, call = dcr_module_call()
+    assert call["params"]["name"] == "dcrName"
+    for length in range(decorators["min_length"], decorators["max_length"] + 1):
+        base_name = ("pulumi-audit-" * 2)[:length]
+        name = evaluate_name(tree, "dcrName", {"baseName": base_name})
+        assert len(name) <= 30, (base_name, name)
+        assert name.startswith("dcr-") and name.endswith("-" + "u" * 13), name
+
+
+FLEX_INSTANCE_MEMORY_MB = [512, 2048, 4096]  # Learn, flex-consumption-plan "Instance memory"
+
+
+def test_instance_memory_is_a_parameter_of_the_sizes_flex_offers_defaulting_to_the_smallest():
+    parameter = main_tree()["parameters"]["instanceMemoryMB"]
+    decorators = {d["type"]: d.get("argument") for d in parameter["decorators"]}
+    assert decorators["allowed"] == FLEX_INSTANCE_MEMORY_MB
+    assert parameter["default"] == 512
+    assert site()["properties"]["functionAppConfig"]["scaleAndConcurrency"]["instanceMemoryMB"] == "instanceMemoryMB"
 
 
 def test_every_setting_the_code_reads_is_an_app_setting():
@@ -756,7 +909,6 @@ def test_app_insights_accepts_only_entra_id_telemetry():
     _, component = im.only_resource(main_tree(), "Microsoft.Insights/components")
     properties = im.body(component)["properties"]
     assert properties["DisableLocalAuth"] is True
-    assert im.accessor_path(properties["WorkspaceResourceId"]) == "workspace.id"
     settings = im.app_settings()
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == (
         "ClientId=${identity.properties.clientId};Authorization=AAD"
@@ -764,6 +916,26 @@ def test_app_insights_accepts_only_entra_id_telemetry():
     assert im.accessor_path(settings["APPLICATIONINSIGHTS_CONNECTION_STRING"]) == (
         "appInsights.properties.ConnectionString"
     )
+
+
+def test_telemetry_goes_to_a_capped_workspace_of_its_own_not_to_sentinel():
+    """App Insights data in the Sentinel workspace is billed at Sentinel rates and nothing bounds it."""
+    tree = main_tree()
+    _, component = im.only_resource(tree, "Microsoft.Insights/components")
+    target = im.accessor_path(im.body(component)["properties"]["WorkspaceResourceId"])
+    assert target != "workspace.id"
+    symbol, telemetry = target.split(".")[0], tree["resources"][target.split(".")[0]]
+    assert telemetry["type"] == "Microsoft.OperationalInsights/workspaces" and not telemetry["existing"], symbol
+    cap = im.body(telemetry)["properties"]["workspaceCapping"]["dailyQuotaGb"]["function"]
+    assert cap == {"type": "json", "parameters": {"arg_1": "telemetryDailyCapGb"}}
+    assert 0 < float(tree["parameters"]["telemetryDailyCapGb"]["default"]) <= 1
+
+
+def test_host_samples_telemetry_and_logs_warnings_by_default():
+    host = json.loads((im.REPO_ROOT / "host.json").read_text())
+    sampling = host["logging"]["applicationInsights"]["samplingSettings"]
+    assert sampling["isEnabled"] is True and sampling["maxTelemetryItemsPerSecond"] <= 5
+    assert host["logging"]["logLevel"]["default"] == "Warning"
 
 
 # ----------------------------------------------------------------------------------------------

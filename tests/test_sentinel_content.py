@@ -80,13 +80,13 @@ def test_hunting_queries_are_switched_and_need_the_parser_only_when_they_call_it
 
 def test_the_content_module_is_deployed_after_the_tables():
     _, call = im.only_module_call(im.parse(im.MAIN), im.SENTINEL_MODULE)
-    workspace_module, _ = im.only_module_call(im.parse(im.MAIN), im.WORKSPACE_MODULE)
-    assert workspace_module in call["dependsOn"]
+    tables_module, _ = im.only_module_call(im.parse(im.MAIN), im.TABLES_MODULE)
+    assert tables_module in call["dependsOn"]
     assert im.accessor_path(call["params"]["location"]) == "workspace.location"
 
 
 @pytest.mark.parametrize(
-    "module", [im.WORKSPACE_MODULE, im.SENTINEL_MODULE, im.DCR_MODULE], ids=lambda path: path.name
+    "module", [im.TABLES_MODULE, im.WORKSPACE_MODULE, im.SENTINEL_MODULE, im.DCR_MODULE], ids=lambda path: path.name
 )
 def test_every_workspace_side_resource_uses_a_published_api_version_and_its_properties(module: Path):
     tree = im.parse(module)

@@ -36,6 +36,8 @@ resource dataConnector 'Microsoft.SecurityInsights/dataConnectorDefinitions@2024
   kind: 'Customizable'
   properties: {
     connectorUiConfig: {
+      // Every Microsoft definition sets the id to the definition's name.
+      id: 'PulumiAuditConnector'
       title: 'Pulumi Cloud and Pulumi ESC audit logs (Azure Functions)'
       publisher: 'Pulumi audit connector'
       descriptionMarkdown: 'Forwards every Pulumi Cloud and Pulumi ESC audit event of your organizations to the **PulumiAuditLogs_CL** table, within about a minute, through an Azure Function and the Logs Ingestion API. Each run also writes one row per organization to **PulumiAuditConnectorHealth_CL** (status, events sent, lag, dead letters), which the connected status below, the health rules and the workbook\'s Connector health tab read.'
@@ -377,6 +379,9 @@ var asimParserName = 'vimAuditEventPulumiCloud'
 resource asimParser 'Microsoft.OperationalInsights/workspaces/savedSearches@2025-02-01' = if (deployAsimParser) {
   parent: workspace
   name: asimParserName
+  // '*' overwrites the saved search a previous deployment created; without it the PUT is refused
+  // (409) and every redeployment fails.
+  etag: '*'
   properties: {
     category: 'ASIM'
     displayName: 'Audit Event ASIM filtering parser for Pulumi Cloud and Pulumi ESC'
@@ -519,6 +524,8 @@ var huntingQueries = [
 resource hunting 'Microsoft.OperationalInsights/workspaces/savedSearches@2025-02-01' = [for query in huntingQueries: if(deployHuntingQueries && (deployAsimParser || !query.usesParser)) {
   parent: workspace
   name: guid(workspace.id, 'pulumi-audit-hunting', query.key)
+  // As for the parser: overwrite what a previous deployment created.
+  etag: '*'
   properties: {
     category: 'Hunting Queries'
     displayName: query.displayName

@@ -1,17 +1,10 @@
-// Workspace-side tables and rules: the PulumiAuditLogs_CL and PulumiAuditConnectorHealth_CL tables,
-// Sentinel onboarding (optional), the scheduled analytic rules and the connector health rules.
-// Deployed into the workspace's resource group.
+// Workspace-side detections: Sentinel onboarding (optional), the scheduled analytic rules and the
+// connector health rules. Deployed into the workspace's resource group, last of all (main.bicep):
+// creating a rule runs its query, and a table created seconds before may not be visible yet. The
+// tables come from tables.bicep.
 
 @description('Name of the existing Log Analytics workspace.')
 param workspaceName string
-
-@minValue(4)
-@maxValue(730)
-param tableRetentionInDays int
-
-@minValue(4)
-@maxValue(4383)
-param tableTotalRetentionInDays int
 
 @description('Create the scheduled analytic rules.')
 param deployAnalyticRules bool
@@ -25,81 +18,11 @@ param pulumiOrgs array
 @description('Onboard Microsoft Sentinel on the workspace (only if it is not onboarded yet).')
 param onboardSentinel bool
 
+@description('The deployment\'s baseName: the key of the rules that carry this copy\'s own parameters.')
+param baseName string
+
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
   name: workspaceName
-}
-
-// Columns: shared/schema.py COLUMNS, same order and types (tests/test_infra.py checks it). The first
-// 15 are the official Pulumi connector's, so its queries and workbooks run on this table unchanged.
-resource table 'Microsoft.OperationalInsights/workspaces/tables@2025-02-01' = {
-  parent: workspace
-  name: 'PulumiAuditLogs_CL'
-  properties: {
-    plan: 'Analytics'
-    retentionInDays: tableRetentionInDays
-    totalRetentionInDays: tableTotalRetentionInDays
-    schema: {
-      name: 'PulumiAuditLogs_CL'
-      description: 'Pulumi Cloud audit log events'
-      columns: [
-        { name: 'TimeGenerated', type: 'dateTime' }
-        { name: 'Timestamp_d', type: 'long' }
-        { name: 'SourceIP_s', type: 'string' }
-        { name: 'Event_s', type: 'string' }
-        { name: 'Description_s', type: 'string' }
-        { name: 'UserName_s', type: 'string' }
-        { name: 'UserLogin_s', type: 'string' }
-        { name: 'UserAvatarUrl_s', type: 'string' }
-        { name: 'TokenID_s', type: 'string' }
-        { name: 'TokenName_s', type: 'string' }
-        { name: 'ActorName_s', type: 'string' }
-        { name: 'ActorUrn_s', type: 'string' }
-        { name: 'RequireOrgAdmin_b', type: 'boolean' }
-        { name: 'RequireStackAdmin_b', type: 'boolean' }
-        { name: 'AuthFailure_b', type: 'boolean' }
-        { name: 'OrgName_s', type: 'string' }
-        { name: 'EventId_s', type: 'string' }
-        { name: 'Product_s', type: 'string' }
-        { name: 'Category_s', type: 'string' }
-        { name: 'EventTime_t', type: 'dateTime' }
-        { name: 'RawEvent_s', type: 'string' }
-        { name: 'ExtraFields_s', type: 'string' }
-      ]
-    }
-  }
-}
-
-// Columns: shared/schema.py HEALTH_TABLE, same order and types (tests/test_infra.py checks it).
-// One row per Pulumi organization per connector run, whatever the run's outcome.
-resource healthTable 'Microsoft.OperationalInsights/workspaces/tables@2025-02-01' = {
-  parent: workspace
-  name: 'PulumiAuditConnectorHealth_CL'
-  properties: {
-    plan: 'Analytics'
-    retentionInDays: tableRetentionInDays
-    totalRetentionInDays: tableTotalRetentionInDays
-    schema: {
-      name: 'PulumiAuditConnectorHealth_CL'
-      description: 'One row per Pulumi organization per connector run'
-      columns: [
-        { name: 'TimeGenerated', type: 'dateTime' }
-        { name: 'RunId_s', type: 'string' }
-        { name: 'OrgName_s', type: 'string' }
-        { name: 'RunKind_s', type: 'string' }
-        { name: 'Status_s', type: 'string' }
-        { name: 'EventsFetched_d', type: 'long' }
-        { name: 'EventsSent_d', type: 'long' }
-        { name: 'DuplicatesSkipped_d', type: 'long' }
-        { name: 'DeadLettered_d', type: 'long' }
-        { name: 'Truncated_d', type: 'long' }
-        { name: 'LagSeconds_d', type: 'long' }
-        { name: 'WatermarkTime_t', type: 'dateTime' }
-        { name: 'Error_s', type: 'string' }
-        { name: 'ConnectorVersion_s', type: 'string' }
-        { name: 'Host_s', type: 'string' }
-      ]
-    }
-  }
 }
 
 resource sentinelOnboarding 'Microsoft.SecurityInsights/onboardingStates@2024-09-01' = if (onboardSentinel) {
@@ -379,13 +302,20 @@ var analyticRules = [
   }
 ]
 
+// A rule whose query carries this copy's parameters (the org list) is keyed by baseName, so a second
+// copy in the workspace adds its own rule instead of replacing the first copy's. Every other rule
+// has the same content in every copy and is shared (docs/DEPLOY.md, "A second copy").
+var perCopyRuleKeys = [
+  'health-connector-down'
+]
+
 // `if(` without a space: pycep-parser 0.7.1 (tests/test_infra.py) rejects `: if (` inside a loop.
 resource rules 'Microsoft.SecurityInsights/alertRules@2024-09-01' = [for rule in analyticRules: if(rule.deploy) {
   scope: workspace
-  name: guid(workspace.id, 'pulumi-audit-logs', rule.key)
+  name: contains(perCopyRuleKeys, rule.key) ? guid(workspace.id, 'pulumi-audit-logs', rule.key, baseName) : guid(workspace.id, 'pulumi-audit-logs', rule.key)
   kind: 'Scheduled'
   properties: {
-    displayName: rule.displayName
+    displayName: contains(perCopyRuleKeys, rule.key) ? '${rule.displayName} (${baseName})' : rule.displayName
     description: rule.description
     enabled: true
     query: rule.query
@@ -417,12 +347,7 @@ resource rules 'Microsoft.SecurityInsights/alertRules@2024-09-01' = [for rule in
     }
   }
   dependsOn: [
-    // Rule creation runs the query, so the tables must exist; Sentinel must be on the workspace.
-    table
-    healthTable
+    // Sentinel must be on the workspace. The tables (tables.bicep) come first: main.bicep deploys this module last.
     sentinelOnboarding
   ]
 }]
-
-output tableName string = table.name
-output healthTableName string = healthTable.name
