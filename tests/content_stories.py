@@ -47,9 +47,14 @@ def produce(story_rows: Callable[[Story], StoryRows], story: Story) -> StoryRows
         return story_rows(story)
 
 
+def workspace_function(saved: cm.Parser) -> str:
+    """A saved search as the workspace function it is deployed as, for tests/kql_engine.py."""
+    return f"function {saved.function_alias}({saved.parameters}) {{\n{saved.body}\n}}"
+
+
 def parser_functions() -> list[str]:
-    """The ASIM parsers as the workspace functions they are deployed as, for tests/kql_engine.py."""
-    return [f"function {p.function_alias}({p.parameters}) {{\n{p.body}\n}}" for p in cm.parsers()]
+    """The ASIM parsers as the workspace functions they are deployed as."""
+    return [workspace_function(parser) for parser in cm.parsers()]
 
 
 def _timer_ingestion(row: Mapping[str, Any], accepted: datetime) -> datetime:

@@ -17,8 +17,9 @@ How to use it
 - Rewrites apply to the query and to the function bodies. To add one, add an entry to REWRITES.
 
 The engine lacks a few constructs the shipped queries use. `REWRITES` is the one table of what the
-harness changes in a query before running it, each with why the result is the same; the shipped
-files stay as Sentinel needs them (tests/test_kusto.py still checks them). A construct the engine
+harness changes in a query before running it, each with why the result is the same, and beside it
+`ADDED_FUNCTIONS` the one table of functions the engine lacks, computed in Python as Kusto documents
+them; the shipped files stay as Sentinel needs them (tests/test_kusto.py still checks them). A construct the engine
 cannot run and no rewrite covers raises `KqlUnsupportedError` naming it: it is never skipped.
 Measured before choosing (every shipped query on empty tables, unmodified): duckdb-kql 1.1.2 ran
 31 of 42, adxpandas 0.2.3 and adxlite 0.2.3 ran 7 and 6 of 42 even with comments stripped.
@@ -35,9 +36,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import duckdb_kql
 import regex
 from duckdb_kql.engine import schema as duckdb_schema
+from duckdb_kql.translate.functions import SCALAR_FUNCTIONS, FunctionSpec
 
 from shared.schema import AUDIT_TABLE, HEALTH_TABLE, Table
 from tests import content_model as cm
@@ -109,15 +112,6 @@ def _ipv4_prefix_test(match: re.Match[str]) -> str:
     return rf'(isnotempty(extract(@"^(\d+\.\d+\.\d+\.\d+)$", 1, {address})) and ({tests}))'
 
 
-def _bag_merge_as_text(match: regex.Match[str]) -> str:
-    first, second = _top_level_split(match.group("arguments")[1:-1])
-    a = f"tostring({first})"
-    # '{"x":1}' and '{"y":2}' -> '{"x":1' + ',' + '"y":2}'; the comma dropped again where either
-    # bag is empty ('{,' or ',}'). The second bag, often an expression, is written once.
-    joined = f'strcat(substring({a}, 0, strlen({a}) - 1), ",", substring(tostring({second}), 1))'
-    return f'todynamic(replace_regex(replace_regex({joined}, @"^\\{{,", "{{"), @",\\}}$", "}}"))'
-
-
 _NAMED_ARGUMENT = re.compile(r"^\s*[A-Za-z_]\w*\s*=(?!=)")
 
 REWRITES: tuple[Rewrite, ...] = (
@@ -159,14 +153,96 @@ REWRITES: tuple[Rewrite, ...] = (
         "an IPv4 prefix is a whole address or its first 1 to 3 octets ending in a dot, so an IPv4 "
         "address has a prefix in the list exactly when one of those four strings is in it.",
     ),
-    Rewrite(
-        "bag_merge(bag, bag)",
-        regex.compile(r"\bbag_merge(?P<arguments>\((?:[^()]++|(?&arguments))*\))"),
-        _bag_merge_as_text,
-        "bag_merge of two bags whose keys differ (the parser's AdditionalFields and its RawEvent key) is "
-        "the JSON object with the members of both: the two texts joined with a comma, braces kept once.",
+)
+
+
+def _bag(text: str | None) -> dict[str, Any] | None:
+    value = None if text is None else json.loads(text)
+    return value if isinstance(value, dict) else None
+
+
+def _plain_keys(keys: Sequence[str]) -> Sequence[str]:
+    paths = [key for key in keys if key.startswith("$")]
+    if paths:
+        raise ValueError(f"keys {paths} are JSONPaths to Kusto, which the harness does not emulate")
+    return keys
+
+
+def _bag_merge(bags: list[str | None]) -> str | None:
+    merged: dict[str, Any] = {}
+    for bag in map(_bag, reversed(bags)):
+        if bag is None:
+            return None
+        merged.update(bag)
+    return json.dumps(merged)
+
+
+def _bag_remove_keys(bag_text: str | None, keys_text: str | None) -> str | None:
+    bag, keys = _bag(bag_text), _plain_keys(json.loads(keys_text or "[]"))
+    return None if bag is None else json.dumps({key: value for key, value in bag.items() if key not in keys})
+
+
+def _bag_has_key(bag_text: str | None, key: str) -> bool:
+    bag = _bag(bag_text)
+    return bag is not None and key in bag and bool(_plain_keys([key]))
+
+
+@dataclass(frozen=True)
+class AddedFunction:
+    """A KQL function the engine lacks, computed in Python as Kusto documents it."""
+
+    name: str
+    arguments: tuple[str, ...]  # DuckDB types; () for a variadic function of dynamic arguments
+    returns: str
+    implementation: Callable[..., Any]
+    why: str
+
+    @property
+    def sql_name(self) -> str:
+        return f"kql_{self.name}"
+
+
+ADDED_FUNCTIONS: tuple[AddedFunction, ...] = (
+    AddedFunction(
+        "bag_merge", (), "JSON", _bag_merge,
+        "the members of every bag, a key's value taken from the leftmost bag that has it (Kusto's "
+        "bag_merge; learn.microsoft.com/kusto/query/bag-merge-function).",
+    ),
+    AddedFunction(
+        "bag_remove_keys", ("JSON", "JSON"), "JSON", _bag_remove_keys,
+        "the bag without the listed top-level keys; a key starting with $ (a JSONPath to Kusto) is "
+        "refused, which is why the rebuild's absent-key marker is _absent.",
+    ),
+    AddedFunction(
+        "bag_has_key", ("JSON", "VARCHAR"), "BOOLEAN", _bag_has_key,
+        "whether the bag has that top-level key (a $ JSONPath is refused, as above).",
     ),
 )
+
+
+def _add_functions_to_the_translator() -> None:
+    """Map each added function to its Python implementation, registered per connection."""
+    for added in ADDED_FUNCTIONS:
+        template = f"{added.sql_name}([{{}}])" if not added.arguments else (
+            f"{added.sql_name}({', '.join(f'{{{index}}}' for index in range(len(added.arguments)))})"
+        )
+        arities = (len(added.arguments),) if added.arguments else ()
+        SCALAR_FUNCTIONS[added.name] = FunctionSpec(added.name, "udf", template, arities)
+
+
+def _register_functions(connection: duckdb.DuckDBPyConnection) -> None:
+    for added in ADDED_FUNCTIONS:
+        arguments = (
+            [duckdb.sqltype(kind) for kind in added.arguments]
+            if added.arguments
+            else [duckdb.list_type(duckdb.sqltype("JSON"))]
+        )
+        connection.create_function(
+            added.sql_name, added.implementation, arguments, duckdb.sqltype(added.returns), null_handling="special"
+        )
+
+
+_add_functions_to_the_translator()
 
 
 @dataclass
@@ -188,12 +264,13 @@ EXECUTIONS = Executions(Counter(), Counter(), set())
 
 
 def rewrite(query: str) -> tuple[str, list[str]]:
-    """`query` as the engine can run it, and the names of the rewrites that changed it."""
+    """`query` as the engine can run it, and the names of the rewrites and added functions it needs."""
     applied = []
     for entry in REWRITES:
         query, count = entry.pattern.subn(entry.replacement, query)
         if count:
             applied.append(entry.name)
+    applied += [added.name for added in ADDED_FUNCTIONS if re.search(rf"\b{added.name}\s*\(", query)]
     return query, applied
 
 
@@ -250,9 +327,12 @@ class Workspace:
         unknown = set(tables) - set(TABLES)
         if unknown:
             raise ValueError(f"no schema for tables {sorted(unknown)}; known: {sorted(TABLES)}")
-        self.functions = [rewrite(definition)[0] for definition in functions]
+        rewritten = {definition: rewrite(definition) for definition in functions}
+        self.functions = [text for text, _ in rewritten.values()]
+        self._function_rewrites = {definition: applied for definition, (_, applied) in rewritten.items()}
         self._function_sources = {_FUNCTION_NAME.match(definition).group(1): definition for definition in functions}
         self.connection = duckdb_kql.connect()
+        _register_functions(self.connection)
         self.connection.execute("SET TimeZone='UTC'")
         self._translations: dict[str, tuple[str, bool, list[str]]] = {}
         for name, table in TABLES.items():
@@ -287,6 +367,8 @@ class Workspace:
         """The query rewritten and translated to SQL once; `now` is a parameter of the SQL."""
         if query not in self._translations:
             runnable, applied = rewrite(query)
+            # Counted per execution, with what the functions it calls needed.
+            applied += [name for called in self._called_functions(query) for name in self._function_rewrites[called]]
             # Any instant: the translation reads `now()` from the $kqlnow parameter, bound per run.
             translated = duckdb_kql.to_sql(
                 runnable,
@@ -370,4 +452,7 @@ def summary_lines() -> list[str]:
     ]
     for entry in REWRITES:
         lines.append(f"  {entry.name}: applied in {EXECUTIONS.rewrites[entry.name]} executions; {entry.why}")
+    lines.append("functions added to the engine (tests/kql_engine.py ADDED_FUNCTIONS):")
+    for added in ADDED_FUNCTIONS:
+        lines.append(f"  {added.name}: used in {EXECUTIONS.rewrites[added.name]} executions; {added.why}")
     return lines

@@ -335,9 +335,6 @@ def test_disabled_returns_nothing(workspace: Workspace):
     assert run(workspace, "vimAuditEventPulumiCloud(disabled = true)") == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="pack reads RawEvent_s, empty in new rows; PulumiAuditRawEvent rebuilds them (#17)"
-)
 def test_pack_adds_the_original_event_to_the_additional_fields(workspace: Workspace):
     [row] = run(workspace, 'vimAuditEventPulumiCloud(operation_has_any = dynamic(["rotated"]), pack = true)')
     raw = row["AdditionalFields"]["RawEvent"]
