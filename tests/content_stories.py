@@ -19,16 +19,13 @@ time, as for rows the timer sends.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
 from shared.catalog import catalog_entries
 from tests import content_model as cm
-from tests.detection_rows import Batch, Outage, Story, StoryRows, audit_event, every
+from tests.detection_rows import Batch, Outage, Story, audit_event, every
 
 ORG = "acme"
 OTHER_ORG = "acme-labs"
@@ -37,14 +34,6 @@ NOW = datetime(2026, 4, 1, 18, 0, tzinfo=UTC)
 FIRST_DAY = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 32  # 2026-03-01 .. 2026-04-01: a 1-day lookback after a 30-day baseline, and a day to spare
 TIMER_DELAY = timedelta(minutes=2)  # when the timer (every minute, 60 s settle) delivers an event
-
-
-def produce(story_rows: Callable[[Story], StoryRows], story: Story) -> StoryRows:
-    """`story_rows(story)` without real sleeps: a module-scoped fixture runs before the suite's
-    autouse `no_real_sleep`, and the connector's retries back off with time.sleep."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(time, "sleep", lambda seconds: None)
-        return story_rows(story)
 
 
 def workspace_function(saved: cm.Parser) -> str:

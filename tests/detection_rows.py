@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+import pytest
 
 from shared.pipeline import collect_at_once, plan_backfill_lanes
 from shared.schema import AUDIT_TABLE, HEALTH_TABLE
@@ -235,7 +238,9 @@ def produce_rows(story: Story, server_context: Callable[[], Any], azurite_connec
 
 
 class StoryCache:
-    """Each story produced once per test session, by name."""
+    """Each story produced once per test session, by name, without real sleeps: the connector's
+    retries back off with time.sleep, and a module-scoped fixture asking for a story runs before
+    the suite's function-scoped autouse `no_real_sleep` would patch it."""
 
     def __init__(self, server_context: Callable[[], Any], azurite_connection_string: str):
         self._server_context = server_context
@@ -244,7 +249,9 @@ class StoryCache:
 
     def __call__(self, story: Story) -> StoryRows:
         if story.name not in self._produced:
-            self._produced[story.name] = (story, produce_rows(story, self._server_context, self._azurite))
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(time, "sleep", lambda seconds: None)
+                self._produced[story.name] = (story, produce_rows(story, self._server_context, self._azurite))
         produced_for, rows = self._produced[story.name]
         assert produced_for == story, f"two different stories are named {story.name!r}"
         return rows

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from tests import detection_stories as ds
+from tests.detection_rows import Batch, Outage, Story, audit_event
 from tests.kql_engine import Workspace
 from tests.sentinel_schedule import Alert, alerts_between, scheduled_rules
 
@@ -92,3 +93,19 @@ def healthy_day(story_rows) -> Workspace:
     if not _HEALTHY:
         _HEALTHY["day"] = Workspace(story_rows(ds.HEALTHY_DAY_STORY).tables)
     return _HEALTHY["day"]
+
+
+def test_a_story_is_produced_without_real_sleeps_though_the_connector_backs_off_in_an_outage(
+    story_rows, no_real_sleep
+):
+    # A module-scoped fixture asks for its story before `no_real_sleep` is in place, so the story
+    # cache keeps time.sleep from sleeping itself: none of the retries' back-offs reach the fixture.
+    moment = ds.HEALTH_START + timedelta(minutes=10)
+    down = Story(
+        "one-run-while-the-api-is-down",
+        (Batch(ds.ORG, (audit_event(moment, "user-login", login="mokafor", ip="198.51.100.77"),)),),
+        (moment,),
+        outages=(Outage(ds.ORG, ds.HEALTH_START, moment + timedelta(minutes=1)),),
+    )
+    [run] = story_rows(down).health
+    assert run["Status_s"] == "failed" and no_real_sleep == []

@@ -62,12 +62,12 @@ def portal_time_range(query: str):
 
 @pytest.fixture(scope="module")
 def routine(story_rows) -> Workspace:
-    return Workspace(cs.produce(story_rows, cs.ROUTINE_STORY).tables, cs.parser_functions())
+    return Workspace(story_rows(cs.ROUTINE_STORY).tables, cs.parser_functions())
 
 
 @pytest.fixture(scope="module")
 def signals(story_rows) -> Workspace:
-    return Workspace(cs.produce(story_rows, cs.SIGNALS_STORY).tables, cs.parser_functions())
+    return Workspace(story_rows(cs.SIGNALS_STORY).tables, cs.parser_functions())
 
 
 def hunt(workspace: Workspace, key: str) -> list[dict]:

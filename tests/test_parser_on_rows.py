@@ -178,7 +178,7 @@ ENTRIES = {entry["event"]: entry for entry in catalog_entries()}
 
 @pytest.fixture(scope="module")
 def workspace(story_rows) -> Workspace:
-    return Workspace(cs.produce(story_rows, cs.CATALOG_STORY).tables, cs.parser_functions())
+    return Workspace(story_rows(cs.CATALOG_STORY).tables, cs.parser_functions())
 
 
 @pytest.fixture(scope="module")

@@ -61,12 +61,12 @@ ODD_END = ODD_START + timedelta(minutes=12)
 
 @pytest.fixture(scope="module")
 def catalog_rows(story_rows) -> tuple[dict, ...]:
-    return cs.produce(story_rows, cs.CATALOG_STORY).audit
+    return story_rows(cs.CATALOG_STORY).audit
 
 
 @pytest.fixture(scope="module")
 def odd_rows(story_rows) -> tuple[dict, ...]:
-    return cs.produce(story_rows, ODD_STORY).audit
+    return story_rows(ODD_STORY).audit
 
 
 def raw_events(rows, now: datetime, query: str = f"{FUNCTION}()") -> list[dict]:

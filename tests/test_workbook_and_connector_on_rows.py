@@ -73,27 +73,27 @@ def counted(rows: list[dict], *keys: str, value: str) -> dict[tuple, Any]:
 
 @pytest.fixture(scope="module")
 def signals(story_rows) -> Workspace:
-    return Workspace(cs.produce(story_rows, cs.SIGNALS_STORY).tables)
+    return Workspace(story_rows(cs.SIGNALS_STORY).tables)
 
 
 @pytest.fixture(scope="module")
 def routine(story_rows) -> Workspace:
-    return Workspace(cs.produce(story_rows, cs.ROUTINE_STORY).tables)
+    return Workspace(story_rows(cs.ROUTINE_STORY).tables)
 
 
 @pytest.fixture(scope="module")
 def healthy(story_rows) -> Workspace:
-    return Workspace(cs.produce(story_rows, cs.HEALTH_STORY).tables)
+    return Workspace(story_rows(cs.HEALTH_STORY).tables)
 
 
 @pytest.fixture(scope="module")
 def outage(story_rows) -> Workspace:
-    return Workspace(cs.produce(story_rows, cs.OUTAGE_STORY).tables)
+    return Workspace(story_rows(cs.OUTAGE_STORY).tables)
 
 
 @pytest.fixture(scope="module")
 def down(story_rows) -> Workspace:
-    return Workspace(cs.produce(story_rows, cs.DOWN_STORY).tables)
+    return Workspace(story_rows(cs.DOWN_STORY).tables)
 
 
 def test_every_workbook_query_has_a_story():
