@@ -93,6 +93,14 @@ def no_real_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return requested
 
 
+@pytest.fixture
+def now() -> int:
+    """The second the test starts, on the wall clock the connector runs on. Events seeded relative
+    to a moment taken at import are minutes old by the time a long suite reaches the test, and the
+    connector then reads them as late events, or not at all past its initial lookback."""
+    return int(time.time())
+
+
 # -- Azurite ---------------------------------------------------------------------------------
 
 

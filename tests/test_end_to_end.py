@@ -20,8 +20,6 @@ from shared.standins import simulate_events
 from shared.transform import encode_row, to_row
 from tests.harness import MANAGED_IDENTITY_CLIENT_ID, PULUMI_TOKEN, expected_ids
 
-NOW = int(time.time())
-
 
 @pytest.fixture(scope="module")
 def timer_function():
@@ -32,7 +30,8 @@ def timer_function():
 
 
 def seed(deployment, org: str = "acme", count: int = 250, seed_value: int = 1) -> list[dict]:
-    events = simulate_events(org, NOW - 3000, NOW - 120, count, seed=seed_value)
+    now = int(time.time())  # the connector's clock: a moment taken at import goes stale
+    events = simulate_events(org, now - 3000, now - 120, count, seed=seed_value)
     deployment.pulumi_api.add_events(org, events)
     return events
 
@@ -131,8 +130,8 @@ def test_a_run_uses_the_user_assigned_managed_identity_for_logs_ingestion(deploy
     assert len(deployment.ingestion.rows) == 5
 
 
-def test_every_request_body_stays_under_one_megabyte(deployment):
-    events = simulate_events("acme", NOW - 3000, NOW - 120, 3000, seed=5)
+def test_every_request_body_stays_under_one_megabyte(deployment, now):
+    events = simulate_events("acme", now - 3000, now - 120, 3000, seed=5)
     for event in events:
         event["description"] += " " + "x" * 1500
     deployment.pulumi_api.add_events("acme", events)
@@ -142,11 +141,11 @@ def test_every_request_body_stays_under_one_megabyte(deployment):
     assert len(sizes) > 4 and max(sizes) <= MAX_BODY_BYTES
 
 
-def test_the_checkpoint_lives_in_table_storage_and_advances_to_now_minus_the_settle_delay(deployment):
+def test_the_checkpoint_lives_in_table_storage_and_advances_to_now_minus_the_settle_delay(deployment, now):
     seed(deployment, count=20)
     deployment.connector().run_once()
     cursor = deployment.checkpoint()
-    assert cursor.window is None and NOW - 120 <= cursor.watermark <= int(time.time()) - 60
+    assert cursor.window is None and now - 120 <= cursor.watermark <= int(time.time()) - 60
 
 
 def test_several_orgs_each_keep_their_own_checkpoint(deployment):
@@ -193,16 +192,16 @@ def test_preview_prints_rows_and_sends_nothing(deployment):
     assert deployment.ingestion.rows == [] and deployment.checkpoint() is None
 
 
-def test_backfill_sends_a_past_range_with_original_times_and_live_collection_starts_after_it(deployment):
-    old = simulate_events("acme", NOW - 10 * 86400, NOW - 9 * 86400, 60, seed=9)
+def test_backfill_sends_a_past_range_with_original_times_and_live_collection_starts_after_it(deployment, now):
+    old = simulate_events("acme", now - 10 * 86400, now - 9 * 86400, 60, seed=9)
     deployment.pulumi_api.add_events("acme", old)
-    since, until = str(NOW - 10 * 86400), str(NOW - 9 * 86400 + 1)
+    since, until = str(now - 10 * 86400), str(now - 9 * 86400 + 1)
     result = deployment.run_cli("backfill", "--since", since, "--until", until)
     assert result.returncode == 0, result.stderr
     assert "backfill acme" in result.stderr  # the progress bar
     assert set(deployment.landed()) == expected_ids("acme", old)
     assert all(row["EventTime_t"] == row["TimeGenerated"] for row in deployment.ingestion.rows)
-    assert deployment.checkpoint().origin == deployment.checkpoint().watermark >= NOW - 3600  # INITIAL_LOOKBACK
+    assert deployment.checkpoint().origin == deployment.checkpoint().watermark >= now - 3600  # INITIAL_LOOKBACK
     again = deployment.run_cli("backfill", "--since", since, "--until", until)
     assert again.returncode == 0 and len(deployment.ingestion.rows) == 60
 
@@ -222,8 +221,8 @@ def test_refused_rows_are_listed_and_replayed_from_the_dead_letter_store(deploym
     assert set(deployment.landed()) == expected_ids("acme", events) and deployment.dead_letters() == []
 
 
-def test_a_row_dead_lettered_before_extra_fields_existed_is_replayed_in_todays_format(deployment):
-    [event] = simulate_events("acme", NOW - 3000, NOW - 2000, 1, seed=5)
+def test_a_row_dead_lettered_before_extra_fields_existed_is_replayed_in_todays_format(deployment, now):
+    [event] = simulate_events("acme", now - 3000, now - 2000, 1, seed=5)
     event["user"]["email"] = "someone@example.test"
     today = to_row("acme", event, 1, default_catalog())
     old = {**today, "RawEvent_s": json.dumps(event, sort_keys=True, ensure_ascii=False)}

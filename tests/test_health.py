@@ -20,14 +20,14 @@ from shared.schema import HEALTH_TABLE, RUN_KINDS
 from shared.standins import Fault, simulate_events
 from tests.harness import run_demo
 
-NOW = int(time.time())
+ENDED_AT = 1_780_000_000  # when the runs of the pure specs end
 RUN_ID = "0123456789abcdef0123456789abcdef"
 PYTHON_TYPES = {"string": str, "long": int, "datetime": str}
 INSTANCE = "f3a9c1d2e4b5a6978877665544332211f3a9c1d2e4b5a6978877665544332211"
 NOT_SENT = re.compile(r"health rows of run [0-9a-f]{32} not sent, the run carries on: (?P<reason>.+)")
 
 
-def build(*reports: CollectionReport, ended_at: int = NOW) -> list[dict]:
+def build(*reports: CollectionReport, ended_at: int = ENDED_AT) -> list[dict]:
     return health_rows(reports, run_id=RUN_ID, ended_at=ended_at, version="9.9.9", host="worker-1")
 
 
@@ -40,7 +40,8 @@ def health_of(deployment) -> list[dict]:
 
 
 def seed(deployment, org: str, count: int, seed_value: int = 1) -> list[dict]:
-    events = simulate_events(org, NOW - 3000, NOW - 120, count, seed=seed_value)
+    now = int(time.time())  # the connector's clock: a moment taken at import goes stale
+    events = simulate_events(org, now - 3000, now - 120, count, seed=seed_value)
     deployment.pulumi_api.add_events(org, events)
     return events
 
@@ -85,7 +86,7 @@ def warnings_and_above(caplog) -> list[tuple[str, str, str]]:
 
 def test_a_row_has_every_column_of_the_health_table_with_its_type():
     report = CollectionReport(
-        org="acme", fetched=12, sent=10, duplicates=2, pages=1, lag_seconds=75, watermark=NOW - 75
+        org="acme", fetched=12, sent=10, duplicates=2, pages=1, lag_seconds=75, watermark=ENDED_AT - 75
     )
     [row] = build(report)
     assert tuple(row) == HEALTH_TABLE.column_names
@@ -93,7 +94,7 @@ def test_a_row_has_every_column_of_the_health_table_with_its_type():
         assert isinstance(row[column.name], PYTHON_TYPES[column.type]), column.name
         if column.values:
             assert row[column.name] in column.values, column.name
-    assert iso_seconds(row["TimeGenerated"]) == NOW and iso_seconds(row["WatermarkTime_t"]) == NOW - 75
+    assert iso_seconds(row["TimeGenerated"]) == ENDED_AT and iso_seconds(row["WatermarkTime_t"]) == ENDED_AT - 75
 
 
 def test_a_row_carries_the_reports_counts_and_the_runs_identity():
@@ -119,7 +120,7 @@ def test_every_org_of_a_run_gets_a_row_under_the_same_run_id():
 
 
 def test_a_backfill_lane_is_a_backfill_row():
-    [row] = build(CollectionReport(org="acme", collection=lane_name(NOW - 86400, NOW), sent=60))
+    [row] = build(CollectionReport(org="acme", collection=lane_name(ENDED_AT - 86400, ENDED_AT), sent=60))
     assert row["RunKind_s"] == "backfill" and row["EventsSent_d"] == 60
 
 
@@ -151,7 +152,7 @@ def test_both_kinds_of_collection_are_kinds_the_health_table_declares():
 # == live runs through the real connector ==========================================================
 
 
-def test_a_run_of_healthy_orgs_sends_one_ok_row_per_org(deployment):
+def test_a_run_of_healthy_orgs_sends_one_ok_row_per_org(deployment, now):
     deployment.orgs = ("acme", "globex")
     deployment.extra["WEBSITE_INSTANCE_ID"] = INSTANCE
     seed(deployment, "acme", 30)
@@ -167,7 +168,7 @@ def test_a_run_of_healthy_orgs_sends_one_ok_row_per_org(deployment):
     assert {(row["RunKind_s"], row["ConnectorVersion_s"], row["Host_s"], row["Error_s"]) for row in rows} == {
         ("live", __version__, INSTANCE, "")
     }
-    assert NOW <= iso_seconds(rows[0]["TimeGenerated"]) <= int(time.time())
+    assert now <= iso_seconds(rows[0]["TimeGenerated"]) <= int(time.time())
     assert [iso_seconds(row["WatermarkTime_t"]) for row in rows] == [report.watermark for report in reports]
 
 
@@ -197,8 +198,8 @@ def test_a_failing_org_gets_a_failed_row_with_its_error_next_to_the_ok_orgs(depl
     assert (acme["EventsSent_d"], globex["EventsSent_d"]) == (10, 20) and acme["Error_s"] == globex["Error_s"] == ""
 
 
-def test_rows_the_service_refused_show_as_dead_lettered(deployment):
-    events = simulate_events("acme", NOW - 3000, NOW - 120, 10, seed=1)
+def test_rows_the_service_refused_show_as_dead_lettered(deployment, now):
+    events = simulate_events("acme", now - 3000, now - 120, 10, seed=1)
     poison = events[3]["description"] = "the one description the service refuses"
     deployment.pulumi_api.add_events("acme", events)
     deployment.ingestion.reject_rows(lambda row: row.get("Description_s") == poison)
@@ -314,10 +315,10 @@ def test_the_cli_run_exit_status_ignores_a_health_failure(deployment):
     assert len(deployment.ingestion.rows) == 8 and health_of(deployment) == []
 
 
-def test_a_backfill_sends_one_backfill_row_per_lane(deployment):
-    old = simulate_events("acme", NOW - 10 * 86400, NOW - 9 * 86400, 60, seed=9)
+def test_a_backfill_sends_one_backfill_row_per_lane(deployment, now):
+    old = simulate_events("acme", now - 10 * 86400, now - 9 * 86400, 60, seed=9)
     deployment.pulumi_api.add_events("acme", old)
-    result = deployment.run_cli("backfill", "--since", str(NOW - 10 * 86400), "--until", str(NOW - 9 * 86400 + 1))
+    result = deployment.run_cli("backfill", "--since", str(now - 10 * 86400), "--until", str(now - 9 * 86400 + 1))
     assert result.returncode == 0, result.stderr
     rows = health_of(deployment)
     assert len(rows) == len(result.stdout.splitlines()) >= 1  # one summary line per lane
@@ -326,8 +327,8 @@ def test_a_backfill_sends_one_backfill_row_per_lane(deployment):
     assert sum(row["EventsSent_d"] for row in rows) == 60 == len(deployment.ingestion.rows)
 
 
-def test_a_backfill_lane_another_run_holds_gets_a_skipped_backfill_row(deployment):
-    since, until = NOW - 10 * 86400, NOW - 9 * 86400
+def test_a_backfill_lane_another_run_holds_gets_a_skipped_backfill_row(deployment, now):
+    since, until = now - 10 * 86400, now - 9 * 86400
     deployment.extra["BACKFILL_PARALLELISM"] = "1"  # the range is one lane
     deployment.pulumi_api.add_events("acme", simulate_events("acme", since, until - 1, 20, seed=4))
     deployment.state().acquire_lease("acme", lane_name(since, until), "other-host:42:abc", int(time.time()), 120)

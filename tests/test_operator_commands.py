@@ -32,17 +32,17 @@ def show(deployment, org: str = "acme") -> dict:
     return json.loads(result.stdout)
 
 
-def test_checkpoint_show_reports_watermark_lag_delivered_ranges_and_the_lease(deployment):
-    seed(deployment, NOW - 3000, NOW - 120, 20)
+def test_checkpoint_show_reports_watermark_lag_delivered_ranges_and_the_lease(deployment, now):
+    seed(deployment, now - 3000, now - 120, 20)
     assert deployment.run_cli("run").returncode == 0
     view = show(deployment)
     assert view["org"] == "acme" and view["lag_seconds"] >= 60 and view["gaps"] == []
-    assert view["delivered"] == [[NOW - 3600 + (view["delivered"][0][0] - (NOW - 3600)), view["watermark"]]]
+    assert view["delivered"] == [[now - 3600 + (view["delivered"][0][0] - (now - 3600)), view["watermark"]]]
     assert view["live_lease"] is None and view["backfills"] == []
 
 
-def test_checkpoint_show_prints_a_readable_table_by_default(deployment):
-    seed(deployment, NOW - 3000, NOW - 120, 5)
+def test_checkpoint_show_prints_a_readable_table_by_default(deployment, now):
+    seed(deployment, now - 3000, now - 120, 5)
     deployment.run_cli("run")
     result = deployment.run_cli("checkpoint", "show")
     assert result.returncode == 0
@@ -77,10 +77,10 @@ def test_resend_says_how_much_it_re_sends_and_keeps_every_event_id(deployment):
     assert set(deployment.landed()) == expected_ids("acme", events)
 
 
-def test_a_reset_back_says_what_it_re_reads_and_recovers_an_event_the_api_showed_late(deployment):
-    events = seed(deployment, NOW - 3000, NOW - 120, 40)
+def test_a_reset_back_says_what_it_re_reads_and_recovers_an_event_the_api_showed_late(deployment, now):
+    events = seed(deployment, now - 3000, now - 120, 40)
     deployment.run_cli("run")
-    late = seed(deployment, NOW - 3000, NOW - 2000, 1, seed_value=7)  # shown now, long past the overlap
+    late = seed(deployment, now - 3000, now - 2000, 1, seed_value=7)  # shown now, long past the overlap
     result = deployment.run_cli("checkpoint", "reset", "--org", "acme", "--to", "1h")
     assert result.returncode == 0
     assert "moving back re-reads " in result.stdout and "same EventId_s" in result.stdout
@@ -91,17 +91,17 @@ def test_a_reset_back_says_what_it_re_reads_and_recovers_an_event_the_api_showed
     assert max(landed.values()) <= 2  # a re-sent row keeps its EventId_s
 
 
-def test_a_reset_forward_leaves_a_visible_gap_that_backfill_fills(deployment):
+def test_a_reset_forward_leaves_a_visible_gap_that_backfill_fills(deployment, now):
     # Live collection has delivered [3d, 2d) ago and stands at 2d ago.
-    delivered = Cursor(watermark=NOW - 2 * DAY, origin=NOW - 3 * DAY)
+    delivered = Cursor(watermark=now - 2 * DAY, origin=now - 3 * DAY)
     deployment.state().replace_live("acme", delivered, None, Coverage(), None)
-    skipped = seed(deployment, NOW - 2 * DAY + 10, NOW - DAY - 10, 12)
-    result = deployment.run_cli("checkpoint", "reset", "--org", "acme", "--to", str(NOW - DAY))
+    skipped = seed(deployment, now - 2 * DAY + 10, now - DAY - 10, 12)
+    result = deployment.run_cli("checkpoint", "reset", "--org", "acme", "--to", str(now - DAY))
     assert result.returncode == 0
     assert "leaves 1d 0h 0m undelivered" in result.stdout and "fill it with: backfill --org acme" in result.stdout
     assert deployment.run_cli("run").returncode == 0
     assert deployment.ingestion.rows == []
-    assert show(deployment)["gaps"] == [[NOW - 2 * DAY, NOW - DAY]]
+    assert show(deployment)["gaps"] == [[now - 2 * DAY, now - DAY]]
     filled = deployment.run_cli("backfill", "--since", "3d")
     assert filled.returncode == 0, filled.stderr
     assert Counter(deployment.landed().values()) == Counter({1: 12})
@@ -135,8 +135,8 @@ def test_a_gap_up_to_a_reset_forward_to_now_stays_listed_until_a_backfill_delive
     assert set(deployment.landed()) == expected_ids("acme", settled) | expected_ids("acme", recent)
 
 
-def test_a_backfill_skips_an_org_whose_first_live_run_is_under_way(deployment):
-    seed(deployment, NOW - 3 * DAY, NOW - 2 * DAY, 10)
+def test_a_backfill_skips_an_org_whose_first_live_run_is_under_way(deployment, now):
+    seed(deployment, now - 3 * DAY, now - 2 * DAY, 10)
     deployment.state().acquire_lease("acme", "live", "timer-host:42:abcd", int(time.time()), 120)
     result = deployment.run_cli("backfill", "--since", "3d")
     assert result.returncode == 0 and "status=skipped" in result.stdout, result.stdout + result.stderr
