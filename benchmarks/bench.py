@@ -53,6 +53,7 @@ from shared.cursor import Cursor, WindowPlan
 from shared.dead_letter import FileDeadLetterStore
 from shared.ingestion_sink import batches, request_body
 from shared.pipeline import Collector, run_cycle
+from shared.ports import StateStore
 from shared.pulumi_source import PulumiAuditSource
 from shared.settings import Secret, load_settings
 from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
@@ -77,6 +78,36 @@ class _Credential:
         from azure.core.credentials import AccessToken
 
         return AccessToken("bench", int(time.time()) + 3600)
+
+
+def standin_collector(
+    api_url: str,
+    ingestion_url: str,
+    state: StateStore,
+    scratch: str,
+    holder: str = "bench",
+    wall_clock: Callable[[], float] = time.time,
+) -> Collector:
+    """The connector's Collector for org acme, with the real Pulumi client and LogsIngestionClient
+    wired by the real settings to the stand-ins at `api_url` and `ingestion_url`, so every benchmark
+    measures the same code path; dead letters go to a file in the folder `scratch`."""
+    environ = {
+        "PULUMI_ORGS": "acme",
+        "PULUMI_ACCESS_TOKEN": TOKEN,
+        "PULUMI_API_URL": api_url,
+        "LOGS_INGESTION_ENDPOINT": ingestion_url,
+        "DCR_IMMUTABLE_ID": DCR,
+    }
+    settings = load_settings(environ, parts=frozenset({"source", "sink"}))
+    return Collector(
+        source=PulumiAuditSource(api_url, EnvironmentToken(Secret(TOKEN))),
+        sink=ingestion_sink(settings.sink, _Credential()),
+        state=state,
+        dead_letters=FileDeadLetterStore(Path(scratch) / "dead.json"),
+        catalog=default_catalog(),
+        holder=holder,
+        wall_clock=wall_clock,
+    )
 
 
 # -- the floor and the CPU path ------------------------------------------------------------------
@@ -206,23 +237,8 @@ def end_to_end(backlog: int, page_size: int = 100, page_delay: float = 0, upload
     )
     server.start()
     api_url, ingestion_url = parent.recv()
-    environ = {
-        "PULUMI_ORGS": "acme",
-        "PULUMI_ACCESS_TOKEN": TOKEN,
-        "PULUMI_API_URL": api_url,
-        "LOGS_INGESTION_ENDPOINT": ingestion_url,
-        "DCR_IMMUTABLE_ID": DCR,
-    }
-    settings = load_settings(environ, parts=frozenset({"source", "sink"}))
-    with tempfile.TemporaryDirectory() as state:
-        collector = Collector(
-            source=PulumiAuditSource(api_url, EnvironmentToken(Secret(TOKEN))),
-            sink=ingestion_sink(settings.sink, _Credential()),
-            state=memory_state_store(),
-            dead_letters=FileDeadLetterStore(Path(state) / "dead.json"),
-            catalog=default_catalog(),
-            holder="bench",
-        )
+    with tempfile.TemporaryDirectory() as scratch:
+        collector = standin_collector(api_url, ingestion_url, memory_state_store(), scratch)
         busy = {"fetch": 0.0, "upload": 0.0}
         collector.source.fetch_page = _timed(collector.source.fetch_page, busy, "fetch")
         collector.sink.send = _timed(collector.sink.send, busy, "upload")

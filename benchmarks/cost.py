@@ -32,21 +32,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.bench import DCR, REPEATS, TOKEN, _Credential, end_to_end_in_a_fresh_process
+from benchmarks.bench import DCR, REPEATS, TOKEN, end_to_end_in_a_fresh_process, standin_collector
 from benchmarks.billed_size import billed_bytes
 from benchmarks.delivery_state import wire_bytes
 from benchmarks.parallel import LANES, StandIns, collector, steady_run
-from shared.catalog import default_catalog
-from shared.dead_letter import FileDeadLetterStore
 from shared.health import health_rows
-from shared.pipeline import Collector, collect_at_once, plan_backfill_lanes, run_cycle
-from shared.pulumi_source import PulumiAuditSource
+from shared.pipeline import collect_at_once, plan_backfill_lanes, run_cycle
 from shared.schema import AUDIT_TABLE, HEALTH_TABLE
-from shared.settings import SETTING_SPECS, Secret, load_settings
+from shared.settings import SETTING_SPECS
 from shared.standins import LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
 from shared.state_store import MemoryEntities, TableStateStore
-from shared.token_source import CACHE_SECONDS, EnvironmentToken
-from shared.wiring import ingestion_sink
+from shared.token_source import CACHE_SECONDS
 
 REPO = Path(__file__).resolve().parent.parent
 MONTH_MINUTES = 30 * 24 * 60
@@ -124,24 +120,10 @@ def sent_rows() -> tuple[float, float, int]:
         tempfile.TemporaryDirectory() as scratch,
     ):
         api.add_events("acme", simulate_events("acme", now - 3600, now + 60, per_minute * 61, seed=5))
-        environ = {
-            "PULUMI_ORGS": "acme",
-            "PULUMI_ACCESS_TOKEN": TOKEN,
-            "PULUMI_API_URL": api.url,
-            "LOGS_INGESTION_ENDPOINT": sink.url,
-            "DCR_IMMUTABLE_ID": DCR,
-        }
-        settings = load_settings(environ, parts=frozenset({"source", "sink"}))
         entities = MemoryEntities()
         clock = {"now": now}
-        runner = Collector(
-            source=PulumiAuditSource(api.url, EnvironmentToken(Secret(TOKEN))),
-            sink=ingestion_sink(settings.sink, _Credential()),
-            state=TableStateStore(entities),
-            dead_letters=FileDeadLetterStore(Path(scratch) / "dead.json"),
-            catalog=default_catalog(),
-            holder="cost",
-            wall_clock=lambda: clock["now"],
+        runner = standin_collector(
+            api.url, sink.url, TableStateStore(entities), scratch, holder="cost", wall_clock=lambda: clock["now"]
         )
         run_cycle(runner, ["acme"], 3600, OVERLAP_SECONDS, 3600)
         clock["now"] += 60

@@ -21,18 +21,11 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
-from benchmarks.bench import DCR, REPEATS, TOKEN, _Credential, spread
-from shared.catalog import default_catalog
-from shared.dead_letter import FileDeadLetterStore
+from benchmarks.bench import DCR, REPEATS, TOKEN, spread, standin_collector
 from shared.pipeline import Collector, collect_at_once, plan_backfill_lanes, run_cycle
-from shared.pulumi_source import PulumiAuditSource
-from shared.settings import Secret, load_settings
 from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
 from shared.state_store import MemoryEntities, TableStateStore
-from shared.token_source import EnvironmentToken
-from shared.wiring import ingestion_sink
 
 PAGE_SECONDS = 0.2
 PAGE_SIZE = 100
@@ -106,27 +99,11 @@ class CountedEntities(MemoryEntities):
 
 
 def collector(standins: StandIns, state_dir: str, wall_clock=time.time) -> tuple[Collector, CountedEntities]:
-    environ = {
-        "PULUMI_ORGS": "acme",
-        "PULUMI_ACCESS_TOKEN": TOKEN,
-        "PULUMI_API_URL": standins.api_url,
-        "LOGS_INGESTION_ENDPOINT": standins.ingestion_url,
-        "DCR_IMMUTABLE_ID": DCR,
-    }
-    settings = load_settings(environ, parts=frozenset({"source", "sink"}))
     entities = CountedEntities()
-    return (
-        Collector(
-            source=PulumiAuditSource(standins.api_url, EnvironmentToken(Secret(TOKEN))),
-            sink=ingestion_sink(settings.sink, _Credential()),
-            state=TableStateStore(entities),
-            dead_letters=FileDeadLetterStore(Path(state_dir) / "dead.json"),
-            catalog=default_catalog(),
-            holder="bench",
-            wall_clock=wall_clock,
-        ),
-        entities,
+    runner = standin_collector(
+        standins.api_url, standins.ingestion_url, TableStateStore(entities), state_dir, wall_clock=wall_clock
     )
+    return runner, entities
 
 
 def _timed(action) -> tuple[float, object]:

@@ -19,27 +19,20 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 from benchmarks.bench import (
     DCR,
     REPEATS,
     TOKEN,
-    _Credential,
     end_to_end_in_a_fresh_process,
     spread,
+    standin_collector,
 )
-from shared.catalog import default_catalog
 from shared.cursor import Cursor
-from shared.dead_letter import FileDeadLetterStore
 from shared.delivery import LIVE
-from shared.pipeline import Collector, run_cycle
-from shared.pulumi_source import PulumiAuditSource
-from shared.settings import Secret, load_settings
+from shared.pipeline import run_cycle
 from shared.standins import Fault, LogsIngestionStandIn, PulumiAuditApiStandIn, simulate_events
 from shared.state_store import memory_state_store
-from shared.token_source import EnvironmentToken
-from shared.wiring import ingestion_sink
 
 PAGE_DELAY = 0.2
 UPLOAD_DELAY = 0.3
@@ -103,24 +96,8 @@ def _steady_polling(events_per_second: int, minutes: int, page_delay: float, pag
         LogsIngestionStandIn(DCR, "Custom-PulumiAuditLogs") as sink,
         tempfile.TemporaryDirectory() as scratch,
     ):
-        environ = {
-            "PULUMI_ORGS": "acme",
-            "PULUMI_ACCESS_TOKEN": TOKEN,
-            "PULUMI_API_URL": api.url,
-            "LOGS_INGESTION_ENDPOINT": sink.url,
-            "DCR_IMMUTABLE_ID": DCR,
-        }
-        settings = load_settings(environ, parts=frozenset({"source", "sink"}))
         clock = {"now": start}
-        collector = Collector(
-            source=PulumiAuditSource(api.url, EnvironmentToken(Secret(TOKEN))),
-            sink=ingestion_sink(settings.sink, _Credential()),
-            state=memory_state_store(),
-            dead_letters=FileDeadLetterStore(Path(scratch) / "dead-letters.json"),
-            catalog=default_catalog(),
-            holder="bench",
-            wall_clock=lambda: clock["now"],
-        )
+        collector = standin_collector(api.url, sink.url, memory_state_store(), scratch, wall_clock=lambda: clock["now"])
         collector.state.create_cursor("acme", LIVE, Cursor.starting_at(start - 2 * MINUTE))
         results = []
         for minute in range(minutes):

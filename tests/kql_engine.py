@@ -68,7 +68,7 @@ def _take_any_per_column(match: re.Match[str]) -> str:
     return ", ".join(f"{column} = take_any({column})" for column in columns)
 
 
-def _top_level_split(text: str) -> list[str]:
+def top_level_split(text: str) -> list[str]:
     """`text` split at the commas outside brackets and string literals."""
     parts, depth, quote, start = [], 0, "", 0
     for index, char in enumerate(text):
@@ -89,9 +89,9 @@ def _top_level_split(text: str) -> list[str]:
 
 def _parser_call_by_position(match: regex.Match[str]) -> str:
     parser = cm.parser()
-    declared = [parameter.split(":", 1)[0].strip() for parameter in _top_level_split(parser.parameters)]
-    defaults = [parameter.split("=", 1)[1].strip() for parameter in _top_level_split(parser.parameters)]
-    given = _top_level_split(match.group("arguments")[1:-1])
+    declared = [parameter.split(":", 1)[0].strip() for parameter in top_level_split(parser.parameters)]
+    defaults = [parameter.split("=", 1)[1].strip() for parameter in top_level_split(parser.parameters)]
+    given = top_level_split(match.group("arguments")[1:-1])
     named = dict(argument.split("=", 1) for argument in given if _NAMED_ARGUMENT.match(argument))
     named = {name.strip(): value.strip() for name, value in named.items()}
     unknown = set(named) - set(declared)

@@ -94,6 +94,25 @@ def hold_the_fifth_page(deployment: Deployment) -> None:
     deployment.pulumi_api.faults.add(Fault.delay(HOLD, match=5))
 
 
+def sigterm_while_a_live_run_waits_for_its_fifth_page(
+    deployment: Deployment, folder: Path, *args: str
+) -> tuple[Child, list[dict]]:
+    """`python ARGS` started on a live backlog of 40 events, and sent SIGTERM once it saved mid-window
+    and waits for the fifth page: the moment a host's stop arrives in every SIGTERM story.
+    Returns the signalled child and the backlog's events."""
+    now = int(time.time())
+    events = big_events("acme", now - 3000, now - 120, 40)
+    deployment.pulumi_api.add_events("acme", events)
+    hold_the_fifth_page(deployment)
+    child = Child(deployment, folder, *args)
+    child.signal_when(
+        lambda: deployment.pulumi_api.request_count >= 5 and saved_mid_window(deployment, LIVE),
+        signal.SIGTERM,
+        "the fifth page held after a save mid-window",
+    )
+    return child, events
+
+
 @pytest.mark.faults
 def test_sigint_stops_a_backfill_which_a_rerun_right_away_resumes(deployment, tmp_path):
     deployment.extra["BACKFILL_PARALLELISM"] = "1"
@@ -158,16 +177,7 @@ def test_sigint_stops_every_lane_of_a_backfill_and_releases_every_lease(deployme
 
 @pytest.mark.faults
 def test_sigterm_stops_a_run_which_the_next_run_resumes_at_once(deployment, tmp_path):
-    now = int(time.time())
-    events = big_events("acme", now - 3000, now - 120, 40)
-    deployment.pulumi_api.add_events("acme", events)
-    hold_the_fifth_page(deployment)
-    child = Child(deployment, tmp_path, "-m", "shared", "run")
-    child.signal_when(
-        lambda: deployment.pulumi_api.request_count >= 5 and saved_mid_window(deployment, LIVE),
-        signal.SIGTERM,
-        "the fifth page held after a save mid-window",
-    )
+    child, events = sigterm_while_a_live_run_waits_for_its_fifth_page(deployment, tmp_path, "-m", "shared", "run")
 
     assert child.ended() == 143, child.output()
     assert "Traceback" not in child.output() and "status=stopped" in child.stdout()
@@ -200,10 +210,6 @@ def test_a_second_sigint_exits_at_once_and_says_the_leases_will_expire(deploymen
 
 @pytest.mark.faults
 def test_the_timer_worker_stops_its_cycle_on_sigterm_then_dies_of_it(deployment, tmp_path):
-    now = int(time.time())
-    events = big_events("acme", now - 3000, now - 120, 40)
-    deployment.pulumi_api.add_events("acme", events)
-    hold_the_fifth_page(deployment)
     timer = (
         "import logging, function_app\n"
         "from shared.wiring import run_timer_cycle\n"
@@ -211,12 +217,7 @@ def test_the_timer_worker_stops_its_cycle_on_sigterm_then_dies_of_it(deployment,
         "run_timer_cycle()\n"
         "print('the worker carried on after SIGTERM')\n"
     )
-    child = Child(deployment, tmp_path, "-c", timer)
-    child.signal_when(
-        lambda: deployment.pulumi_api.request_count >= 5 and saved_mid_window(deployment, LIVE),
-        signal.SIGTERM,
-        "the fifth page held after a save mid-window",
-    )
+    child, _ = sigterm_while_a_live_run_waits_for_its_fifth_page(deployment, tmp_path, "-c", timer)
 
     assert child.ended() == -signal.SIGTERM, child.output()
     assert "status=stopped" in child.stderr() and "stopped by SIGTERM" in child.stderr()

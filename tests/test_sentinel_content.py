@@ -17,6 +17,7 @@ from shared.schema import AUDIT_TABLE, HEALTH_TABLE, TABLES
 from tests import arm_types
 from tests import content_model as cm
 from tests import infra_model as im
+from tests.kql_engine import top_level_split
 
 ASIM_FIELDS = {
     field["name"]: field
@@ -325,7 +326,7 @@ def test_the_reporting_device_is_the_product_and_the_target_alias_is_the_app():
 def test_the_parser_drops_the_raw_columns_with_project_away_as_asims_guide_recommends():
     code = im.kql_code(cm.parser().body)
     assert "| project-away" in code and not re.search(r"\|\s*project\s", code)
-    dropped = set(split_arguments(code.split("| project-away", 1)[1]))
+    dropped = set(top_level_split(code.split("| project-away", 1)[1]))
     assert set(AUDIT_TABLE.column_names) - {"TimeGenerated"} <= dropped
 
 
@@ -343,33 +344,13 @@ def test_the_parser_applies_every_filter_before_it_maps_the_first_field():
         assert code.index(name) < first_mapping, f"{name} is applied only after the mapping"
 
 
-def split_arguments(text: str) -> list[str]:
-    """`text` split at its top-level commas (not inside brackets or string literals)."""
-    parts, depth, quote, current = [], 0, None, ""
-    for char in text:
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "\"'":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(current.strip())
-            current = ""
-            continue
-        current += char
-    return [*parts, current.strip()]
-
-
 def parser_assignments() -> dict[str, str]:
     """Field -> expression, for every assignment of an `| extend` or `| project` step."""
     text = re.sub(r"//[^\n]*", "", cm.parser().body)
     steps = re.findall(r"\|\s*(?:extend|project)\s+(.*?)(?=\n\s*\||\Z)", text, re.S)
     assignments = {}
     for arguments in steps:
-        for argument in split_arguments(arguments):
+        for argument in top_level_split(arguments):
             name, _, expression = argument.partition("=")
             if expression:
                 assignments[name.strip()] = expression.strip()
@@ -392,7 +373,7 @@ def possible_values(expression: str) -> set[str] | None:
     call = re.fullmatch(r"(case|iff)\((.*)\)", expression, re.S)
     if not call:
         return None
-    arguments = split_arguments(call.group(2))
+    arguments = top_level_split(call.group(2))
     results = [*arguments[1::2], arguments[-1]] if call.group(1) == "case" else arguments[1:]
     values: set[str] = set()
     for result in results:

@@ -19,6 +19,7 @@ import pytest
 from shared.catalog import EventCatalog, default_catalog
 from tests import content_model as cm
 from tests import content_stories as cs
+from tests.detection_rows import Story
 from tests.kql_engine import Workspace
 
 WORKBOOK = dict(cm.workbook_queries())
@@ -71,29 +72,22 @@ def counted(rows: list[dict], *keys: str, value: str) -> dict[tuple, Any]:
     return {tuple(row[key] for key in keys): row[value] for row in rows}
 
 
-@pytest.fixture(scope="module")
-def signals(story_rows) -> Workspace:
-    return Workspace(story_rows(cs.SIGNALS_STORY).tables)
+def story_workspace(story: Story):
+    """A module-scoped fixture: the workspace holding the rows the connector wrote for `story`,
+    so each story is loaded once for all the queries run on it."""
+
+    @pytest.fixture(scope="module")
+    def workspace(story_rows) -> Workspace:
+        return Workspace(story_rows(story).tables)
+
+    return workspace
 
 
-@pytest.fixture(scope="module")
-def routine(story_rows) -> Workspace:
-    return Workspace(story_rows(cs.ROUTINE_STORY).tables)
-
-
-@pytest.fixture(scope="module")
-def healthy(story_rows) -> Workspace:
-    return Workspace(story_rows(cs.HEALTH_STORY).tables)
-
-
-@pytest.fixture(scope="module")
-def outage(story_rows) -> Workspace:
-    return Workspace(story_rows(cs.OUTAGE_STORY).tables)
-
-
-@pytest.fixture(scope="module")
-def down(story_rows) -> Workspace:
-    return Workspace(story_rows(cs.DOWN_STORY).tables)
+signals = story_workspace(cs.SIGNALS_STORY)
+routine = story_workspace(cs.ROUTINE_STORY)
+healthy = story_workspace(cs.HEALTH_STORY)
+outage = story_workspace(cs.OUTAGE_STORY)
+down = story_workspace(cs.DOWN_STORY)
 
 
 def test_every_workbook_query_has_a_story():
