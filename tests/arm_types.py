@@ -1,7 +1,7 @@
 """Check a Bicep resource body against the published ARM type definitions.
 
-tests/data/arm-types.json holds the types of the resource types and API versions the
-workspace-side Bicep uses, converted from Azure/bicep-types-az (its `source` says from which
+tests/data/arm-types.json holds the types of every resource type and API version infra/ uses,
+converted from Azure/bicep-types-az by scripts/build_arm_types.py (its `source` says from which
 commit and files). `problems()` walks a resource body as pycep parsed it: every property
 written as a literal must exist in the type, must not be read-only, must have the type's kind
 (and one of its values, for a closed set of strings), and an object literal must set every

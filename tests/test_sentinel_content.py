@@ -86,17 +86,6 @@ def test_the_content_module_is_deployed_after_the_tables():
     assert im.accessor_path(call["params"]["location"]) == "workspace.location"
 
 
-@pytest.mark.parametrize(
-    "module", [im.TABLES_MODULE, im.WORKSPACE_MODULE, im.SENTINEL_MODULE, im.DCR_MODULE], ids=lambda path: path.name
-)
-def test_every_workspace_side_resource_uses_a_published_api_version_and_its_properties(module: Path):
-    tree = im.parse(module)
-    created = {symbol: resource for symbol, resource in tree["resources"].items() if not resource["existing"]}
-    assert created
-    for symbol, resource in created.items():
-        assert arm_types.problems(tree, resource) == [], symbol
-
-
 def test_the_arm_type_check_catches_unknown_read_only_and_missing_properties():
     tree = cm.sentinel_tree()
     resource = json.loads(json.dumps(tree["resources"]["dataConnector"]))
