@@ -36,6 +36,7 @@ from benchmarks.bench import DCR, REPEATS, TOKEN, end_to_end_in_a_fresh_process,
 from benchmarks.billed_size import billed_bytes
 from benchmarks.delivery_state import wire_bytes
 from benchmarks.parallel import LANES, StandIns, collector, steady_run
+from benchmarks.prices import PRICES, PRICES_AS_OF
 from shared.health import health_rows
 from shared.pipeline import collect_at_once, plan_backfill_lanes, run_cycle
 from shared.schema import AUDIT_TABLE, HEALTH_TABLE
@@ -64,19 +65,6 @@ MINIMUM_BILLED_SECONDS = 1.0
 # Health rows name the instance (WEBSITE_INSTANCE_ID, 64 hex characters on App Service).
 HOST_NAME = "f" * 64
 
-# List prices, USD, East US, pay-as-you-go. Where they come from, and when, is in docs/COST.md.
-PRICES = {
-    "flex_gb_second": 0.000026,
-    "flex_million_executions": 0.40,
-    "flex_free_gb_seconds": 100_000,
-    "flex_free_executions": 250_000,
-    "sentinel_analytics_gb": 5.22,  # Log Analytics analytics ingestion 2.76 + Microsoft Sentinel 2.46
-    "log_analytics_gb": 2.76,
-    "table_10k_transactions": 0.00036,
-    "table_gb_month": 0.045,
-    "key_vault_10k_operations": 0.03,
-}
-PRICES_AS_OF = "2025 list prices (see docs/COST.md, Sources); not re-read live"
 
 
 @dataclass(frozen=True)

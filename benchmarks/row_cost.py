@@ -19,6 +19,7 @@ import uuid
 
 from benchmarks.bench import bench_events
 from benchmarks.billed_size import billed_bytes
+from benchmarks.prices import PRICES
 from shared import __version__
 from shared.catalog import default_catalog
 from shared.health import health_rows
@@ -27,8 +28,7 @@ from shared.schema import AUDIT_TABLE, HEALTH_TABLE, Table
 from shared.transform import normalize
 
 EVENTS = 20_000
-# Sentinel's simplified pay-as-you-go price, Log Analytics ingestion and Sentinel analysis together.
-PRICE_PER_GB_USD = 4.30
+PRICE_PER_GB_USD = PRICES["sentinel_analytics_gb"]
 PRICE_SOURCE = "East US list price, read in 2026 (issue 17); 1 GB = 10^9 bytes"
 SECONDS_PER_MONTH = 365.25 / 12 * 86_400
 RUNS_PER_MONTH = SECONDS_PER_MONTH / 60  # one health row per org per run, with the 1-minute timer
