@@ -66,7 +66,6 @@ MINIMUM_BILLED_SECONDS = 1.0
 HOST_NAME = "f" * 64
 
 
-
 @dataclass(frozen=True)
 class Measured:
     run_seconds: float  # one org's live run, wall

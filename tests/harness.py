@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from shared.catalog import default_catalog
 from shared.cursor import Cursor
 from shared.dead_letter import TableDeadLetterStore
 from shared.ports import DeadLetter
-from shared.standins import LogsIngestionStandIn, ManagedIdentityEndpointStandIn, PulumiAuditApiStandIn
+from shared.standins import LogsIngestionStandIn, ManagedIdentityEndpointStandIn, PulumiAuditApiStandIn, simulate_events
 from shared.state_store import TableStateStore, table_state_store
 from shared.transform import normalize
 from shared.wiring import Connector, connector_from_environment
@@ -95,6 +96,16 @@ class Deployment:
     def landed(self) -> Counter:
         """How many times each EventId_s landed in Log Analytics."""
         return Counter(row["EventId_s"] for row in self.ingestion.rows)
+
+
+def seed_recent(deployment: Deployment, org: str = "acme", count: int = 250, seed_value: int = 1) -> list[dict]:
+    """`count` events of the 48 minutes that end 2 minutes before now, published to the Pulumi stand-in.
+    Now is when this is called, the connector's own clock: a moment taken at import would be
+    minutes old by the time a long suite gets here, and the events would arrive late."""
+    now = int(time.time())
+    events = simulate_events(org, now - 3000, now - 120, count, seed=seed_value)
+    deployment.pulumi_api.add_events(org, events)
+    return events
 
 
 def expected_ids(org: str, events: list[dict]) -> set[str]:

@@ -183,8 +183,9 @@ def _bag_remove_keys(bag_text: str | None, keys_text: str | None) -> str | None:
 
 
 def _bag_has_key(bag_text: str | None, key: str) -> bool:
+    _plain_keys([key])
     bag = _bag(bag_text)
-    return bag is not None and key in bag and bool(_plain_keys([key]))
+    return bag is not None and key in bag
 
 
 @dataclass(frozen=True)
@@ -334,7 +335,7 @@ class Workspace:
         self.connection = duckdb_kql.connect()
         _register_functions(self.connection)
         self.connection.execute("SET TimeZone='UTC'")
-        self._translations: dict[str, tuple[str, bool, list[str]]] = {}
+        self._translations: dict[str, tuple[str, bool, list[str], list[str]]] = {}
         for name, table in TABLES.items():
             # The table's columns, then the ones Log Analytics adds to every row (tests/kusto.py).
             columns = [(column.name, column.type) for column in table.columns] + list(STANDARD_COLUMNS)
@@ -363,12 +364,13 @@ class Workspace:
                     texts.append(definition.split("{", 1)[1])
         return list(called.values())
 
-    def _translated(self, query: str) -> tuple[str, bool, list[str]]:
+    def _translated(self, query: str) -> tuple[str, bool, list[str], list[str]]:
         """The query rewritten and translated to SQL once; `now` is a parameter of the SQL."""
         if query not in self._translations:
             runnable, applied = rewrite(query)
+            called = self._called_functions(query)
             # Counted per execution, with what the functions it calls needed.
-            applied += [name for called in self._called_functions(query) for name in self._function_rewrites[called]]
+            applied += [name for definition in called for name in self._function_rewrites[definition]]
             # Any instant: the translation reads `now()` from the $kqlnow parameter, bound per run.
             translated = duckdb_kql.to_sql(
                 runnable,
@@ -386,7 +388,7 @@ class Workspace:
                     f'(SELECT * FROM "all_{name}" WHERE "{INGESTED_AT}" <= $visible_at '
                     f'AND "TimeGenerated" BETWEEN $range_start AND $range_end)',
                 )
-            self._translations[query] = (sql, "kqlnow" in translated.parameters, applied)
+            self._translations[query] = (sql, "kqlnow" in translated.parameters, applied, called)
         return self._translations[query]
 
     def run(
@@ -399,7 +401,7 @@ class Workspace:
     ) -> list[dict[str, Any]]:
         """The rows `query` returns at `now`: only rows ingested by then exist, and with `time_range`
         only those whose TimeGenerated lies in it (bounds included), as Sentinel and the portal apply it."""
-        sql, reads_now, applied = self._translated(query)
+        sql, reads_now, applied, called = self._translated(query)
         low, high = time_range if time_range is not None else (_EARLIEST, _LATEST)
         parameters = {"visible_at": _utc_naive(now), "range_start": _utc_naive(low), "range_end": _utc_naive(high)}
         if reads_now:
@@ -408,7 +410,7 @@ class Workspace:
         columns = [(column[0], str(column[1])) for column in cursor.description]
         found = cursor.fetchall()
         EXECUTIONS.record(label, query, applied)
-        EXECUTIONS.texts.update(self._called_functions(query))
+        EXECUTIONS.texts.update(called)
         return [
             {name: _result_value(value, kind) for (name, kind), value in zip(columns, row, strict=True)}
             for row in found

@@ -10,6 +10,7 @@ import pytest
 from azure.data.tables import TableClient
 from azure.functions.timer import TimerRequest
 
+from benchmarks.row_cost import old_format
 from shared import __version__
 from shared.catalog import default_catalog
 from shared.dead_letter import TableDeadLetterStore
@@ -18,7 +19,7 @@ from shared.rebuild import rebuild
 from shared.schema import HEALTH_TABLE
 from shared.standins import simulate_events
 from shared.transform import encode_row, to_row
-from tests.harness import MANAGED_IDENTITY_CLIENT_ID, PULUMI_TOKEN, expected_ids
+from tests.harness import MANAGED_IDENTITY_CLIENT_ID, PULUMI_TOKEN, expected_ids, seed_recent
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +29,6 @@ def timer_function():
     [function] = function_app.app.get_functions()  # get_functions() may be called once per app
     return function
 
-
-def seed(deployment, org: str = "acme", count: int = 250, seed_value: int = 1) -> list[dict]:
-    now = int(time.time())  # the connector's clock: a moment taken at import goes stale
-    events = simulate_events(org, now - 3000, now - 120, count, seed=seed_value)
-    deployment.pulumi_api.add_events(org, events)
-    return events
 
 
 def test_the_timer_function_is_bound_to_the_schedule_setting_with_monitor_on(timer_function):
@@ -52,7 +47,7 @@ def test_the_timer_function_forwards_every_event_once_and_logs_a_summary(
     timer_function, deployment, monkeypatch, caplog
 ):
     caplog.set_level("INFO", logger="shared.run")
-    events = seed(deployment)
+    events = seed_recent(deployment)
     for name, value in deployment.environ.items():
         monkeypatch.setenv(name, value)
     from shared.wiring import process_connector
@@ -98,8 +93,8 @@ def run_timer(timer_function, environ: dict[str, str], monkeypatch) -> None:
 
 def test_the_timer_function_sends_one_health_row_per_org_naming_the_instance(timer_function, deployment, monkeypatch):
     deployment.orgs = ("acme", "globex")
-    seed(deployment, "acme", 20)
-    seed(deployment, "globex", 30, 2)
+    seed_recent(deployment, "acme", 20)
+    seed_recent(deployment, "globex", 30, 2)
     run_timer(timer_function, {**deployment.environ, "WEBSITE_INSTANCE_ID": "a1b2c3d4e5f6"}, monkeypatch)
     rows = deployment.ingestion.rows_of(HEALTH_TABLE.stream)
     assert [(row["OrgName_s"], row["RunKind_s"], row["Status_s"], row["EventsSent_d"]) for row in rows] == [
@@ -112,7 +107,7 @@ def test_the_timer_function_sends_one_health_row_per_org_naming_the_instance(tim
 
 
 def test_a_failed_timer_invocation_has_sent_its_health_rows_first(timer_function, deployment, monkeypatch):
-    seed(deployment, "acme", 5)
+    seed_recent(deployment, "acme", 5)
     from shared.wiring import CycleFailed
 
     with pytest.raises(CycleFailed):
@@ -123,7 +118,7 @@ def test_a_failed_timer_invocation_has_sent_its_health_rows_first(timer_function
 
 
 def test_a_run_uses_the_user_assigned_managed_identity_for_logs_ingestion(deployment):
-    seed(deployment, count=5)
+    seed_recent(deployment, count=5)
     deployment.connector().run_once()
     assert MANAGED_IDENTITY_CLIENT_ID in deployment.managed_identity.client_ids
     assert "https://monitor.azure.com" in deployment.managed_identity.resources
@@ -142,7 +137,7 @@ def test_every_request_body_stays_under_one_megabyte(deployment, now):
 
 
 def test_the_checkpoint_lives_in_table_storage_and_advances_to_now_minus_the_settle_delay(deployment, now):
-    seed(deployment, count=20)
+    seed_recent(deployment, count=20)
     deployment.connector().run_once()
     cursor = deployment.checkpoint()
     assert cursor.window is None and now - 120 <= cursor.watermark <= int(time.time()) - 60
@@ -150,7 +145,7 @@ def test_the_checkpoint_lives_in_table_storage_and_advances_to_now_minus_the_set
 
 def test_several_orgs_each_keep_their_own_checkpoint(deployment):
     deployment.orgs = ("acme", "globex")
-    acme, globex = seed(deployment, "acme", 30, 1), seed(deployment, "globex", 40, 2)
+    acme, globex = seed_recent(deployment, "acme", 30, 1), seed_recent(deployment, "globex", 40, 2)
     reports = deployment.connector().run_once()
     assert [(report.org, report.sent) for report in reports] == [("acme", 30), ("globex", 40)]
     assert set(deployment.landed()) == expected_ids("acme", acme) | expected_ids("globex", globex)
@@ -158,7 +153,7 @@ def test_several_orgs_each_keep_their_own_checkpoint(deployment):
 
 
 def test_the_cli_run_exits_zero_and_prints_one_summary_line_per_org(deployment):
-    seed(deployment, count=12)
+    seed_recent(deployment, count=12)
     result = deployment.run_cli("run")
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
@@ -184,7 +179,7 @@ def test_the_cli_reports_every_bad_setting_at_once(deployment):
 
 
 def test_preview_prints_rows_and_sends_nothing(deployment):
-    seed(deployment, count=8)
+    seed_recent(deployment, count=8)
     result = deployment.run_cli("preview", "--since", "2h", "--limit", "5")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
@@ -207,7 +202,7 @@ def test_backfill_sends_a_past_range_with_original_times_and_live_collection_sta
 
 
 def test_refused_rows_are_listed_and_replayed_from_the_dead_letter_store(deployment):
-    events = seed(deployment, count=10)
+    events = seed_recent(deployment, count=10)
     [poison] = expected_ids("acme", events[3:4])
     deployment.ingestion.reject_rows(lambda row: row.get("EventId_s") == poison)
     [report] = deployment.connector().run_once()
@@ -225,8 +220,7 @@ def test_a_row_dead_lettered_before_extra_fields_existed_is_replayed_in_todays_f
     [event] = simulate_events("acme", now - 3000, now - 2000, 1, seed=5)
     event["user"]["email"] = "someone@example.test"
     today = to_row("acme", event, 1, default_catalog())
-    old = {**today, "RawEvent_s": json.dumps(event, sort_keys=True, ensure_ascii=False)}
-    del old["ExtraFields_s"]
+    old = old_format(today, event)
     table = TableClient.from_connection_string(deployment.azurite_connection_string, deployment.table_name + "dead")
     TableDeadLetterStore(table).put("acme", [RefusedRow(old, "400 InvalidPayload")])
     replay = deployment.run_cli("deadletter", "replay")
@@ -236,7 +230,7 @@ def test_a_row_dead_lettered_before_extra_fields_existed_is_replayed_in_todays_f
 
 
 def test_tls_trust_comes_from_requests_ca_bundle_for_every_outbound_call(deployment, monkeypatch):
-    seed(deployment, count=3)
+    seed_recent(deployment, count=3)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     connector = deployment.connector()
     [report] = connector.run_once()

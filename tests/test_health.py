@@ -18,7 +18,7 @@ from shared.health import MAX_ERROR_CHARS, health_rows, one_line
 from shared.pipeline import CollectionReport
 from shared.schema import HEALTH_TABLE, RUN_KINDS
 from shared.standins import Fault, simulate_events
-from tests.harness import run_demo
+from tests.harness import run_demo, seed_recent
 
 ENDED_AT = 1_780_000_000  # when the runs of the pure specs end
 RUN_ID = "0123456789abcdef0123456789abcdef"
@@ -38,12 +38,6 @@ def iso_seconds(text: str) -> int:
 def health_of(deployment) -> list[dict]:
     return deployment.ingestion.rows_of(HEALTH_TABLE.stream)
 
-
-def seed(deployment, org: str, count: int, seed_value: int = 1) -> list[dict]:
-    now = int(time.time())  # the connector's clock: a moment taken at import goes stale
-    events = simulate_events(org, now - 3000, now - 120, count, seed=seed_value)
-    deployment.pulumi_api.add_events(org, events)
-    return events
 
 
 def as_reported(row: dict) -> tuple:
@@ -155,8 +149,8 @@ def test_both_kinds_of_collection_are_kinds_the_health_table_declares():
 def test_a_run_of_healthy_orgs_sends_one_ok_row_per_org(deployment, now):
     deployment.orgs = ("acme", "globex")
     deployment.extra["WEBSITE_INSTANCE_ID"] = INSTANCE
-    seed(deployment, "acme", 30)
-    seed(deployment, "globex", 40, seed_value=2)
+    seed_recent(deployment, "acme", 30)
+    seed_recent(deployment, "globex", 40, seed_value=2)
     reports = deployment.connector().run_once()
     rows = health_of(deployment)
     assert [as_reported(row) for row in rows] == [summary_of(report) for report in reports]
@@ -173,7 +167,7 @@ def test_a_run_of_healthy_orgs_sends_one_ok_row_per_org(deployment, now):
 
 
 def test_each_run_has_its_own_run_id(deployment):
-    seed(deployment, "acme", 5)
+    seed_recent(deployment, "acme", 5)
     connector = deployment.connector()
     connector.run_once()
     connector.run_once()
@@ -184,8 +178,8 @@ def test_each_run_has_its_own_run_id(deployment):
 
 def test_a_failing_org_gets_a_failed_row_with_its_error_next_to_the_ok_orgs(deployment):
     deployment.orgs = ("acme", "missing-org", "globex")
-    seed(deployment, "acme", 10)
-    seed(deployment, "globex", 20, seed_value=2)
+    seed_recent(deployment, "acme", 10)
+    seed_recent(deployment, "globex", 20, seed_value=2)
     reports = deployment.connector().run_once()
     acme, missing, globex = health_of(deployment)
     assert [(row["OrgName_s"], row["Status_s"]) for row in (acme, missing, globex)] == [
@@ -211,8 +205,8 @@ def test_rows_the_service_refused_show_as_dead_lettered(deployment, now):
 
 def test_an_org_another_run_holds_gets_a_skipped_row_naming_the_holder(deployment):
     deployment.orgs = ("acme", "globex")
-    seed(deployment, "acme", 5)
-    seed(deployment, "globex", 7, seed_value=2)
+    seed_recent(deployment, "acme", 5)
+    seed_recent(deployment, "globex", 7, seed_value=2)
     deployment.state().acquire_lease("acme", "live", "other-host:42:abc", int(time.time()), 120)
     deployment.connector().run_once()
     acme, globex = health_of(deployment)
@@ -222,7 +216,7 @@ def test_an_org_another_run_holds_gets_a_skipped_row_naming_the_holder(deploymen
 
 
 def test_a_run_that_runs_out_of_time_gets_a_stopped_row(deployment):
-    seed(deployment, "acme", 30)
+    seed_recent(deployment, "acme", 30)
     deployment.pulumi_api.page_size = 10
     connector = deployment.connector()
     clock = itertools.count(0, 200)  # each look at the clock is 200 s later: the 8-minute budget ends mid-window
@@ -238,7 +232,7 @@ def test_a_run_that_runs_out_of_time_gets_a_stopped_row(deployment):
 
 def test_a_health_stream_answering_500_costs_no_event_and_is_one_warning_line(deployment, caplog):
     caplog.set_level(logging.INFO)
-    seed(deployment, "acme", 12)
+    seed_recent(deployment, "acme", 12)
     deployment.ingestion.faults.add(Fault.respond(500, times=None, match=lambda r: "ConnectorHealth" in r.path))
     [report] = deployment.connector().run_once()
     assert report.status == "ok" and report.sent == 12 and len(deployment.ingestion.rows) == 12
@@ -255,8 +249,8 @@ def test_a_health_stream_answering_500_costs_no_event_and_is_one_warning_line(de
 def test_health_rows_the_service_refuses_are_one_warning_line_and_never_dead_lettered(deployment, caplog):
     caplog.set_level(logging.WARNING)
     deployment.orgs = ("acme", "globex")
-    seed(deployment, "acme", 3)
-    seed(deployment, "globex", 4, seed_value=2)
+    seed_recent(deployment, "acme", 3)
+    seed_recent(deployment, "globex", 4, seed_value=2)
     deployment.ingestion.reject_rows(lambda row: "RunId_s" in row)
     reports = deployment.connector().run_once()
     assert [report.status for report in reports] == ["ok", "ok"] and len(deployment.ingestion.rows) == 7
@@ -272,7 +266,7 @@ def test_health_rows_the_service_refuses_are_one_warning_line_and_never_dead_let
 
 def test_a_dcr_without_the_health_stream_names_the_setting_to_check(deployment, caplog):
     caplog.set_level(logging.WARNING)
-    seed(deployment, "acme", 3)
+    seed_recent(deployment, "acme", 3)
     deployment.extra["DCR_HEALTH_STREAM_NAME"] = "Custom-NotInThisDcr"
     [report] = deployment.connector().run_once()
     assert report.status == "ok" and len(deployment.ingestion.rows) == 3
@@ -284,7 +278,7 @@ def test_a_dcr_without_the_health_stream_names_the_setting_to_check(deployment, 
 
 def test_the_failure_an_org_already_reported_is_not_repeated(deployment, caplog):
     caplog.set_level(logging.WARNING)
-    seed(deployment, "acme", 3)
+    seed_recent(deployment, "acme", 3)
     deployment.ingestion.faults.add(Fault.respond(503, times=None))
     [report] = deployment.connector().run_once()
     assert report.failed and report.error.startswith("Logs Ingestion did not accept the rows after retries (503")
@@ -296,7 +290,7 @@ def test_the_failure_an_org_already_reported_is_not_repeated(deployment, caplog)
 
 
 def test_the_cli_run_sends_the_health_rows_of_its_run(deployment):
-    seed(deployment, "acme", 8)
+    seed_recent(deployment, "acme", 8)
     result = deployment.run_cli("run")
     assert result.returncode == 0, result.stderr
     [row] = health_of(deployment)
@@ -305,7 +299,7 @@ def test_the_cli_run_sends_the_health_rows_of_its_run(deployment):
 
 
 def test_the_cli_run_exit_status_ignores_a_health_failure(deployment):
-    seed(deployment, "acme", 8)
+    seed_recent(deployment, "acme", 8)
     deployment.ingestion.faults.add(Fault.respond(503, times=None, match=lambda r: "ConnectorHealth" in r.path))
     result = deployment.run_cli("run")
     assert result.returncode == 0

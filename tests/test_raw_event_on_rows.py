@@ -8,7 +8,6 @@ RawEvent_s), and on rows of any event, where the KQL rebuild must agree with sha
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.row_cost import old_format
 from shared.catalog import default_catalog
 from shared.rebuild import rebuild
 from shared.schema import AUDIT_TABLE
@@ -85,9 +85,10 @@ def by_time(events) -> dict[int, dict]:
     return keyed
 
 
-def as_written_before_extra_fields(row: dict, event: dict) -> dict:
-    """The row as the connector wrote it before ExtraFields_s: the whole event in RawEvent_s."""
-    return {**row, "RawEvent_s": json.dumps(event, sort_keys=True, ensure_ascii=False), "ExtraFields_s": ""}
+def as_written_before_extra_fields(rows) -> list[dict]:
+    """The odd-shape rows as the connector wrote them before ExtraFields_s (benchmarks/row_cost.py)."""
+    sent = by_time(ODD_EVENTS)
+    return [old_format(row, sent[int(row["Timestamp_d"])]) for row in rows]
 
 
 def test_the_saved_function_gives_back_every_catalog_event_as_pulumi_sent_it(catalog_rows):
@@ -101,9 +102,7 @@ def test_the_saved_function_gives_back_events_of_every_unusual_shape_as_sent(odd
 
 
 def test_rows_written_before_extra_fields_existed_give_back_their_raw_event(odd_rows):
-    sent = by_time(ODD_EVENTS)
-    old_rows = [as_written_before_extra_fields(row, sent[int(row["Timestamp_d"])]) for row in odd_rows]
-    assert by_time(raw_events(old_rows, ODD_END)) == sent
+    assert by_time(raw_events(as_written_before_extra_fields(odd_rows), ODD_END)) == by_time(ODD_EVENTS)
 
 
 def test_an_old_row_whose_raw_event_was_cut_comes_back_from_its_columns_as_in_python(odd_rows):
@@ -114,11 +113,8 @@ def test_an_old_row_whose_raw_event_was_cut_comes_back_from_its_columns_as_in_py
 
 @pytest.mark.parametrize("written", ["today", "before-extra-fields"])
 def test_the_parser_with_pack_adds_the_original_event_to_every_row(odd_rows, written):
-    sent = by_time(ODD_EVENTS)
-    rows = odd_rows if written == "today" else [
-        as_written_before_extra_fields(row, sent[int(row["Timestamp_d"])]) for row in odd_rows
-    ]
-    assert by_time(raw_events(rows, ODD_END, "vimAuditEventPulumiCloud(pack = true)")) == sent
+    rows = odd_rows if written == "today" else as_written_before_extra_fields(odd_rows)
+    assert by_time(raw_events(rows, ODD_END, "vimAuditEventPulumiCloud(pack = true)")) == by_time(ODD_EVENTS)
 
 
 @settings(max_examples=8, deadline=None, database=None, derandomize=True,
